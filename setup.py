@@ -1,0 +1,52 @@
+"""Install agentrl_jax (the trainer) and envs (the environments, usable on their own).
+
+    pip install -e .[envs,test]        # everything the tests use
+    pip install -e .[envs,test,bench]  # plus the peers the benchmarks compare against
+"""
+from setuptools import find_packages, setup
+
+CORE = [
+    # jax 0.10 is what flax 0.12 / orbax 0.12 were tested with here; newer majors move sharding APIs.
+    "jax>=0.10.2,<0.11",
+    "jaxlib>=0.10.2,<0.11",
+    "flax>=0.12.8,<0.13",
+    "optax>=0.2.8",
+    "orbax-checkpoint>=0.12.8,<0.13",
+    "gin-config>=0.5.0",
+    "numpy>=2.0",
+    # transformers 5 has no Flax models; we use it for configs, tokenizers and chat templates only.
+    "transformers>=5.0,<6",
+    "tokenizers>=0.22",
+    "safetensors>=0.6",
+    "jinja2>=3.1",
+    "gguf>=0.17",
+    "tensorboardX>=2.6",
+    "tqdm>=4.66",
+    "psutil>=5.9",
+]
+
+EXTRAS = {
+    # Text environments. alfworld[full] does not build on 3.11; the plain package does (it compiles).
+    "envs": ["alfworld==0.4.2", "scienceworld>=1.2.3"],
+    "test": [
+        "pytest>=8",
+        "pytest-timeout>=2.3",
+        "hypothesis>=6.100",
+        # Exactly the CPU wheel on disk; any other version pulls GBs of CUDA.
+        "torch==2.13.0",
+    ],
+    # Peers the benchmarks run side by side with ours.
+    "bench": ["jumanji>=1.1", "torch==2.13.0"],
+}
+
+setup(
+    name="agentrl_jax",
+    version="0.1.0",
+    description="RL post-training of LLM agents on multi-turn text environments, in JAX",
+    python_requires=">=3.10",
+    packages=find_packages(include=["agentrl_jax", "agentrl_jax.*", "envs", "envs.*"]),
+    package_data={"envs": ["distractors/*.json"], "agentrl_jax": ["py.typed"]},
+    install_requires=CORE,
+    extras_require=EXTRAS,
+    entry_points={"console_scripts": ["agentrl-train=agentrl_jax.train:main"]},
+)
