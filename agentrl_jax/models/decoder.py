@@ -1,0 +1,317 @@
+"""Flax NNX decoder for the Llama-3 / Qwen2 / Qwen3 family, with a preallocated KV cache.
+
+Sharding metadata: in flax 0.12.8 a Variable's logical axis names live in its `out_sharding` metadata
+(`nnx.with_partitioning(init, names)` sets the same key; `sharding_names=` is the deprecated spelling).
+`nnx.get_partition_spec(nnx.state(model))` then returns `PartitionSpec`s of *logical* names (`vocab`,
+`embed`, `mlp`, `heads`, `kv_heads`, `kv`), which `agentrl_jax.partitioning.logical_to_spec` maps to mesh axes.
+Every Param is created with `eager_sharding=False`: flax 0.12 otherwise tries to shard a variable at creation
+against the current mesh, which fails for logical (non-mesh) names. Sharding is applied by the caller, e.g. by
+jitting the constructor with `out_shardings` built from these specs.
+
+Weight layouts (ours, "in" axes first; `hf.py` transposes HF's [out, in] Linear weights):
+  embed_tokens.embedding [V, D] (vocab, embed)       lm_head.kernel [D, V] (embed, vocab)
+  attn.q_proj.kernel [D, H, hd] (embed, heads, kv)   attn.k_proj / v_proj.kernel [D, KV, hd] (embed, kv_heads, kv)
+  attn.o_proj.kernel [H, hd, D] (heads, kv, embed)   q/k/v biases [H|KV, hd]; q_norm/k_norm.scale [hd] (kv)
+  mlp.gate_proj / up_proj.kernel [D, F] (embed, mlp) mlp.down_proj.kernel [F, D] (mlp, embed)
+  *_norm.scale [D] (embed)
+
+KV cache semantics (`KVCache`): all rows share one write pointer `index` (a slot in [0, max_length)); a chunk
+of L tokens goes to slots index..index+L-1 for every row, and `mask[b, slot]` records whether the slot holds
+a real token of row b. Rows carry their own RoPE positions (`lengths[b]` = real tokens cached so far = next
+position), so left padding, per-row stop and multi-turn continuation need no data movement: padded slots are
+simply never attended to. A query attends to valid slots at or before its own slot.
+"""
+from __future__ import annotations
+
+import functools
+from typing import Optional, Sequence, Tuple
+
+import jax
+import jax.numpy as jnp
+from flax import nnx, struct
+
+from agentrl_jax.models.config import ModelConfig, rope_inv_freq
+from agentrl_jax.partitioning import constrain
+
+_NEG_INF = -1e30  # finite, so a row with nothing to attend to (a left-pad query) gives no NaNs
+_INIT = nnx.initializers.normal(stddev=0.02)
+
+
+def _param(rngs: nnx.Rngs, init, shape: Sequence[int], dtype, names: Tuple[Optional[str], ...]) -> nnx.Param:
+    return nnx.Param(init(rngs.params(), tuple(shape), dtype), out_sharding=tuple(names), eager_sharding=False)
+
+
+class RMSNorm(nnx.Module):
+    """RMSNorm as in Llama: normalise in float32, cast back, then scale."""
+
+    def __init__(self, dim: int, eps: float, *, dtype, param_dtype, names=("embed",), rngs: nnx.Rngs):
+        self.eps = eps
+        self.dtype = dtype
+        self.scale = _param(rngs, nnx.initializers.ones, (dim,), param_dtype, names)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x32 = x.astype(jnp.float32)
+        x32 = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+        return x32.astype(self.dtype) * self.scale[...].astype(self.dtype)
+
+
+class Proj(nnx.Module):
+    """A linear map written as an einsum over named axes (kernel with logical names, optional bias)."""
+
+    def __init__(self, equation: str, kernel_shape, kernel_names, *, bias_shape=None, bias_names=None,
+                 dtype, param_dtype, rngs: nnx.Rngs):
+        self.equation = equation
+        self.dtype = dtype
+        self.kernel = _param(rngs, _INIT, kernel_shape, param_dtype, kernel_names)
+        self.bias = (
+            _param(rngs, nnx.initializers.zeros, bias_shape, param_dtype, bias_names) if bias_shape else None
+        )
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        y = jnp.einsum(self.equation, x.astype(self.dtype), self.kernel[...].astype(self.dtype))
+        if self.bias is not None:
+            y = y + self.bias[...].astype(self.dtype)
+        return y
+
+
+class Embed(nnx.Module):
+    """Token embedding table [V, D] (vocab, embed)."""
+
+    def __init__(self, vocab_size: int, dim: int, *, dtype, param_dtype, rngs: nnx.Rngs):
+        self.dtype = dtype
+        self.embedding = _param(rngs, _INIT, (vocab_size, dim), param_dtype, ("vocab", "embed"))
+
+    def __call__(self, ids: jax.Array) -> jax.Array:
+        return jnp.take(self.embedding[...], ids, axis=0).astype(self.dtype)
+
+
+@struct.dataclass
+class KVCache:
+    """Preallocated per-layer keys/values plus slot validity, shared write index and per-row lengths.
+
+    k, v: tuples (one per layer) of [B, S, KV, hd]; mask: bool [B, S]; index: int32 scalar (next slot);
+    lengths: int32 [B] (real tokens cached per row, = next RoPE position).
+    """
+
+    k: Tuple[jax.Array, ...]
+    v: Tuple[jax.Array, ...]
+    mask: jax.Array
+    index: jax.Array
+    lengths: jax.Array
+
+    @property
+    def batch_size(self) -> int:
+        return self.mask.shape[0]
+
+    @property
+    def max_length(self) -> int:
+        return self.mask.shape[1]
+
+    @staticmethod
+    def logical_axes(num_layers: int) -> "KVCache":
+        """The same tree with logical axis names as leaves (for building shardings)."""
+        kv = ("batch", "cache_length", "kv_heads", "kv")
+        return KVCache(k=(kv,) * num_layers, v=(kv,) * num_layers, mask=("batch", "cache_length"), index=(),
+                       lengths=("batch",))
+
+
+def init_cache(cfg: ModelConfig, batch_size: int, max_length: int, dtype=None) -> KVCache:
+    """An empty cache for `batch_size` rows and `max_length` slots (K/V in `dtype`, default cfg.dtype)."""
+    if batch_size <= 0 or max_length <= 0:
+        raise ValueError(f"init_cache needs positive batch_size and max_length, got {batch_size}, {max_length}")
+    dtype = jnp.dtype(dtype or cfg.dtype)
+    shape = (batch_size, max_length, cfg.num_kv_heads, cfg.head_dim)
+    zeros = tuple(jnp.zeros(shape, dtype) for _ in range(cfg.num_layers))
+    return KVCache(
+        k=zeros,
+        v=tuple(jnp.zeros(shape, dtype) for _ in range(cfg.num_layers)),
+        mask=jnp.zeros((batch_size, max_length), bool),
+        index=jnp.zeros((), jnp.int32),
+        lengths=jnp.zeros((batch_size,), jnp.int32),
+    )
+
+
+def rope_cos_sin(inv_freq: jax.Array, positions: jax.Array) -> Tuple[jax.Array, jax.Array]:
+    """cos, sin [B, L, head_dim] (float32) for integer positions [B, L] (rotate-half layout)."""
+    freqs = positions.astype(jnp.float32)[..., None] * inv_freq
+    emb = jnp.concatenate([freqs, freqs], axis=-1)
+    return jnp.cos(emb), jnp.sin(emb)
+
+
+def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
+    """Rotate x [B, L, N, hd] by cos/sin [B, L, hd] (HF's rotate-half convention)."""
+    half = x.shape[-1] // 2
+    rotated = jnp.concatenate([-x[..., half:], x[..., :half]], axis=-1)
+    cos = cos[:, :, None, :].astype(x.dtype)
+    sin = sin[:, :, None, :].astype(x.dtype)
+    return x * cos + rotated * sin
+
+
+class Attention(nnx.Module):
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        d, h, kvh, hd = cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+        dt, pdt = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
+        self.num_heads, self.num_kv_heads, self.head_dim = h, kvh, hd
+        self.dtype = dt
+        qb = dict(bias_shape=(h, hd), bias_names=("heads", "kv")) if cfg.qkv_bias else {}
+        kvb = dict(bias_shape=(kvh, hd), bias_names=("kv_heads", "kv")) if cfg.qkv_bias else {}
+        common = dict(dtype=dt, param_dtype=pdt, rngs=rngs)
+        self.q_proj = Proj("bld,dhk->blhk", (d, h, hd), ("embed", "heads", "kv"), **qb, **common)
+        self.k_proj = Proj("bld,dhk->blhk", (d, kvh, hd), ("embed", "kv_heads", "kv"), **kvb, **common)
+        self.v_proj = Proj("bld,dhk->blhk", (d, kvh, hd), ("embed", "kv_heads", "kv"), **kvb, **common)
+        self.o_proj = Proj("blhk,hkd->bld", (h, hd, d), ("heads", "kv", "embed"), **common)
+        if cfg.qk_norm:
+            self.q_norm = RMSNorm(hd, cfg.rms_norm_eps, dtype=dt, param_dtype=pdt, names=("kv",), rngs=rngs)
+            self.k_norm = RMSNorm(hd, cfg.rms_norm_eps, dtype=dt, param_dtype=pdt, names=("kv",), rngs=rngs)
+        else:
+            self.q_norm = self.k_norm = None
+
+    def __call__(self, x, cos, sin, allowed, k_cache=None, v_cache=None, index=None):
+        """x [B, L, D]; allowed bool [B, L, S]; with k_cache/v_cache [B, S, KV, hd], writes at `index`."""
+        q = constrain(self.q_proj(x), ("batch", "length", "act_heads", "kv"))
+        k = constrain(self.k_proj(x), ("batch", "length", "act_kv_heads", "kv"))
+        v = constrain(self.v_proj(x), ("batch", "length", "act_kv_heads", "kv"))
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if k_cache is not None:
+            k = jax.lax.dynamic_update_slice(k_cache, k.astype(k_cache.dtype), (0, index, 0, 0))
+            v = jax.lax.dynamic_update_slice(v_cache, v.astype(v_cache.dtype), (0, index, 0, 0))
+            k = constrain(k, ("batch", "cache_length", "act_kv_heads", "kv"))
+            v = constrain(v, ("batch", "cache_length", "act_kv_heads", "kv"))
+            new_k, new_v = k, v
+        else:
+            new_k = new_v = None
+        b, l, h, hd = q.shape
+        groups = h // self.num_kv_heads
+        qg = q.reshape(b, l, self.num_kv_heads, groups, hd)
+        scores = jnp.einsum("blkgd,bskd->bkgls", qg, k.astype(self.dtype), preferred_element_type=jnp.float32)
+        scores = scores * (hd ** -0.5)
+        scores = jnp.where(allowed[:, None, None, :, :], scores, _NEG_INF)
+        probs = jax.nn.softmax(scores, axis=-1).astype(self.dtype)
+        out = jnp.einsum("bkgls,bskd->blkgd", probs, v.astype(self.dtype)).reshape(b, l, h, hd)
+        return self.o_proj(out), new_k, new_v
+
+
+class MLP(nnx.Module):
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        d, f = cfg.hidden_size, cfg.intermediate_size
+        common = dict(dtype=jnp.dtype(cfg.dtype), param_dtype=jnp.dtype(cfg.param_dtype), rngs=rngs)
+        self.gate_proj = Proj("bld,df->blf", (d, f), ("embed", "mlp"), **common)
+        self.up_proj = Proj("bld,df->blf", (d, f), ("embed", "mlp"), **common)
+        self.down_proj = Proj("blf,fd->bld", (f, d), ("mlp", "embed"), **common)
+
+    def __call__(self, x):
+        h = jax.nn.silu(self.gate_proj(x)) * self.up_proj(x)
+        return self.down_proj(constrain(h, ("batch", "length", "act_mlp")))
+
+
+class DecoderLayer(nnx.Module):
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        dt, pdt = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
+        self.input_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, dtype=dt, param_dtype=pdt, rngs=rngs)
+        self.attn = Attention(cfg, rngs=rngs)
+        self.post_attn_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, dtype=dt, param_dtype=pdt, rngs=rngs)
+        self.mlp = MLP(cfg, rngs=rngs)
+
+    def __call__(self, x, cos, sin, allowed, k_cache=None, v_cache=None, index=None):
+        a, k, v = self.attn(self.input_norm(x), cos, sin, allowed, k_cache, v_cache, index)
+        x = constrain(x + a, ("batch", "length", "act_embed"))
+        x = constrain(x + self.mlp(self.post_attn_norm(x)), ("batch", "length", "act_embed"))
+        return x, k, v
+
+
+def _run_layer(layer, *args):
+    return layer(*args)
+
+
+class CausalLM(nnx.Module):
+    """Decoder-only LM. `model(ids)` → logits; `model.forward(...)` → (logits, hidden, cache)."""
+
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        if not isinstance(cfg, ModelConfig):
+            raise ValueError(f"CausalLM needs a ModelConfig, got {type(cfg).__name__}")
+        self.cfg = cfg
+        dt, pdt = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
+        self.embed_tokens = Embed(cfg.vocab_size, cfg.hidden_size, dtype=dt, param_dtype=pdt, rngs=rngs)
+        self.layers = nnx.List([DecoderLayer(cfg, rngs=rngs) for _ in range(cfg.num_layers)])
+        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, dtype=dt, param_dtype=pdt, rngs=rngs)
+        self.lm_head = (
+            None if cfg.tie_word_embeddings
+            else Proj("bld,dv->blv", (cfg.hidden_size, cfg.vocab_size), ("embed", "vocab"), dtype=dt,
+                      param_dtype=pdt, rngs=rngs)
+        )
+
+    def __call__(self, input_ids: jax.Array) -> jax.Array:
+        return self.forward(input_ids)[0]
+
+    def init_cache(self, batch_size: int, max_length: int, dtype=None) -> KVCache:
+        """A preallocated empty KVCache (see module docstring for its semantics)."""
+        return init_cache(self.cfg, batch_size, max_length, dtype)
+
+    def logits(self, hidden: jax.Array) -> jax.Array:
+        """Final-norm hidden [..., D] → float32 logits [..., V]."""
+        dt = jnp.dtype(self.cfg.dtype)
+        h = hidden.astype(dt)
+        if self.lm_head is None:
+            out = jnp.einsum("...d,vd->...v", h, self.embed_tokens.embedding[...].astype(dt),
+                             preferred_element_type=jnp.float32)
+        else:
+            out = jnp.einsum("...d,dv->...v", h, self.lm_head.kernel[...].astype(dt),
+                             preferred_element_type=jnp.float32)
+        return out.astype(jnp.float32)
+
+    def forward(self, input_ids, positions=None, attention_mask=None, cache: Optional[KVCache] = None, *,
+                return_logits: bool = True):
+        """Run the decoder.
+
+        input_ids int32 [B, L]; attention_mask [B, L] (1 = real token, default all 1); positions int32 [B, L]
+        (default: running count of real tokens, continuing from `cache.lengths`). With `cache`, this chunk's
+        K/V are written at slots cache.index.. and every query attends to all valid cached slots before it.
+        Returns (logits float32 [B, L, V] or None, hidden [B, L, D], new cache or None).
+        """
+        cfg = self.cfg
+        if input_ids.ndim != 2:
+            raise ValueError(f"input_ids must be [batch, length], got shape {input_ids.shape}")
+        b, l = input_ids.shape
+        mask = jnp.ones((b, l), bool) if attention_mask is None else attention_mask.astype(bool)
+        if mask.shape != (b, l):
+            raise ValueError(f"attention_mask shape {mask.shape} does not match input_ids shape {(b, l)}")
+        if cache is not None and cache.batch_size != b:
+            raise ValueError(f"cache has batch size {cache.batch_size} but input_ids has {b}")
+        if cache is not None and l > cache.max_length:
+            raise ValueError(f"chunk of {l} tokens does not fit a cache of {cache.max_length} slots")
+        start = cache.lengths[:, None] if cache is not None else 0
+        if positions is None:
+            positions = start + jnp.maximum(jnp.cumsum(mask, axis=1, dtype=jnp.int32) - 1, 0)
+
+        if cache is None:
+            slots = jnp.arange(l)
+            allowed = (slots[None, :] <= slots[:, None])[None] & mask[:, None, :]
+            index = None
+        else:
+            index = cache.index
+            cache_mask = jax.lax.dynamic_update_slice(cache.mask, mask, (0, index))
+            q_slots = index + jnp.arange(l)
+            allowed = (jnp.arange(cache.max_length)[None, :] <= q_slots[:, None])[None] & cache_mask[:, None, :]
+
+        cos, sin = rope_cos_sin(jnp.asarray(rope_inv_freq(cfg)), positions)
+        x = constrain(self.embed_tokens(input_ids), ("batch", "length", "act_embed"))
+        run = nnx.remat(_run_layer) if cfg.remat else _run_layer
+        new_k, new_v = [], []
+        for i, layer in enumerate(self.layers):
+            if cache is None:
+                x, _, _ = run(layer, x, cos, sin, allowed)
+            else:
+                x, k, v = run(layer, x, cos, sin, allowed, cache.k[i], cache.v[i], index)
+                new_k.append(k)
+                new_v.append(v)
+        hidden = self.norm(x)
+        logits = self.logits(hidden) if return_logits else None
+        if logits is not None:
+            logits = constrain(logits, ("batch", "length", "act_vocab"))
+        new_cache = None
+        if cache is not None:
+            new_cache = KVCache(k=tuple(new_k), v=tuple(new_v), mask=cache_mask, index=index + l,
+                                lengths=cache.lengths + mask.sum(axis=1, dtype=jnp.int32))
+        return logits, hidden, new_cache
