@@ -375,7 +375,8 @@ def save_tokenizer_files(tokenizer, folder: str | os.PathLike) -> None:
     if not smap.exists():
         m = {k: getattr(tokenizer, k) for k in ("bos_token", "eos_token", "pad_token", "unk_token")
              if getattr(tokenizer, k, None)}
-        extra = [t for t in (IM_START, IM_END) if t in tokenizer.get_vocab()]
+        extra = list(getattr(tokenizer, "extra_special_tokens", None) or
+                     getattr(tokenizer, "additional_special_tokens", None) or [])
         if extra:
             m["additional_special_tokens"] = extra
         smap.write_text(json.dumps(m, indent=2) + "\n")
@@ -422,6 +423,11 @@ def atomic_build(target: Path, build) -> Path:
     try:
         build(tmp)
         (tmp / ".complete").write_text("ok\n")
+        # mkdtemp makes the folder private; the cache is shared by everyone on the machine.
+        os.chmod(tmp, 0o755)
+        for f in tmp.iterdir():
+            if f.is_file():
+                os.chmod(f, 0o644)
         try:
             os.rename(tmp, target)
         except OSError:
