@@ -1,0 +1,85 @@
+"""token_logprobs / entropy against log_softmax gathers and numpy; chunked equals unchunked."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from agentrl_jax.rl import entropy_from_logits, token_logprobs, token_logprobs_and_entropy
+
+lp_jit = jax.jit(token_logprobs, static_argnames="chunk_size")
+ent_jit = jax.jit(entropy_from_logits, static_argnames="chunk_size")
+
+
+def _data(b=2, t=7, v=11, seed=0, scale=3.0):
+    rng = np.random.default_rng(seed)
+    logits = jnp.asarray(rng.normal(scale=scale, size=(b, t, v)), jnp.float32)
+    targets = jnp.asarray(rng.integers(0, v, size=(b, t)), jnp.int32)
+    return logits, targets
+
+
+def _numpy_logprobs(logits, targets, temperature=1.0):
+    z = np.asarray(logits, np.float64) / temperature
+    z = z - z.max(-1, keepdims=True)
+    logp = z - np.log(np.exp(z).sum(-1, keepdims=True))
+    return np.take_along_axis(logp, np.asarray(targets)[..., None], -1)[..., 0]
+
+
+def test_matches_log_softmax_gather_and_numpy():
+    logits, targets = _data()
+    got = lp_jit(logits, targets)
+    assert got.dtype == jnp.float32 and got.shape == (2, 7)
+    want = jnp.take_along_axis(jax.nn.log_softmax(logits, -1), targets[..., None], -1)[..., 0]
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(got, _numpy_logprobs(logits, targets), rtol=1e-5, atol=1e-6)
+    # temperature divides the logits
+    np.testing.assert_allclose(token_logprobs(logits, targets, temperature=0.7),
+                               _numpy_logprobs(logits, targets, 0.7), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("chunk", [2, 3, 16])   # 3 leaves a remainder of 1; 16 is longer than T
+def test_chunked_equals_unchunked_values_and_grads(chunk):
+    logits, targets = _data()
+    np.testing.assert_allclose(lp_jit(logits, targets, chunk_size=chunk), lp_jit(logits, targets),
+                               rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(ent_jit(logits, chunk_size=chunk), ent_jit(logits), rtol=1e-6, atol=1e-6)
+    g = lambda c: jax.jit(jax.grad(lambda x: jnp.sum(token_logprobs(x, targets, chunk_size=c)
+                                                     * entropy_from_logits(x, chunk_size=c))))(logits)
+    np.testing.assert_allclose(g(chunk), g(None), rtol=1e-5, atol=1e-6)
+
+
+def test_entropy_uniform_and_onehot():
+    v = 13
+    np.testing.assert_allclose(ent_jit(jnp.zeros((2, 3, v))), np.full((2, 3), np.log(v)), rtol=1e-6)
+    peaked = jnp.zeros((1, 1, v)).at[0, 0, 4].set(1e4)
+    np.testing.assert_allclose(ent_jit(peaked), [[0.0]], atol=1e-6)
+    # temperature: entropy of (2 * logits) at temperature 2 equals entropy of logits
+    logits, _ = _data()
+    np.testing.assert_allclose(entropy_from_logits(2 * logits, temperature=2.0), entropy_from_logits(logits),
+                               rtol=1e-5, atol=1e-6)
+    # and matches -sum p log p
+    p = jax.nn.softmax(logits, -1)
+    np.testing.assert_allclose(entropy_from_logits(logits), -jnp.sum(p * jnp.log(p), -1), rtol=1e-5, atol=1e-6)
+
+
+def test_bfloat16_logits_and_combined():
+    logits, targets = _data(t=9)
+    lb = logits.astype(jnp.bfloat16)
+    lp, ent = jax.jit(token_logprobs_and_entropy, static_argnames="chunk_size")(lb, targets, chunk_size=4)
+    assert lp.dtype == jnp.float32 and ent.dtype == jnp.float32
+    # same as the float32 computation on the (rounded) bf16 values
+    np.testing.assert_allclose(lp, token_logprobs(lb.astype(jnp.float32), targets), rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(ent, entropy_from_logits(lb.astype(jnp.float32)), rtol=1e-6, atol=1e-6)
+
+
+def test_bad_inputs_raise():
+    logits, targets = _data()
+    with pytest.raises(ValueError, match="logits.shape"):
+        token_logprobs(logits, targets[:, :-1])
+    with pytest.raises(ValueError, match="integer"):
+        token_logprobs(logits, targets.astype(jnp.float32))
+    with pytest.raises(ValueError, match="temperature"):
+        token_logprobs(logits, targets, temperature=0.0)
+    with pytest.raises(ValueError, match="chunk_size"):
+        entropy_from_logits(logits, chunk_size=0)
+    with pytest.raises(ValueError, match=r"\[B, T, V\]"):
+        entropy_from_logits(logits[0])
