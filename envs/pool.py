@@ -611,6 +611,15 @@ class _DebugEnv(TextEnv):
                         success=done and self.value == self.seed + 10,
                         info={"pid": os.getpid(), **info})
 
+    def getenv(self, name: str) -> str | None:
+        return os.environ.get(name)
+
+    def affinity(self) -> list[int]:
+        return sorted(os.sched_getaffinity(0))
+
+    def expert_actions(self) -> list[str]:
+        return ["add 2"] * ((self.seed + 10 - self.value) // 2) + ["add 1"] * ((self.seed + 10 - self.value) % 2)
+
     def reset(self, seed: int) -> TextStep:
         self.seed, self.value, self.t = seed, seed, 0
         return self._obs()
