@@ -190,7 +190,9 @@ class ChatFormat:
         if suf and suf[0] in set(self.tokenizer.all_special_ids) | set(self.tokenizer.added_tokens_decoder):
             stops.append(suf[0])
         eos = self.tokenizer.eos_token_id
-        for e in (eos if isinstance(eos, (list, tuple)) else [eos]):
+        extra = list(eos) if isinstance(eos, (list, tuple)) else [eos]
+        extra.append(self.tokenizer.get_vocab().get("<|endoftext|>"))  # document end also ends the turn
+        for e in extra:
             if e is not None and int(e) not in stops:
                 stops.append(int(e))
         object.__setattr__(self, "stop_ids", tuple(stops))
