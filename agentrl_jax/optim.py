@@ -136,9 +136,15 @@ def make_optimizer(
     return tx
 
 
+def state_value(opt_state, key: str) -> Optional[jax.Array]:
+    """The single array named `key` in an optax state (e.g. "learning_rate", "total_notfinite"), or None
+    when absent or ambiguous."""
+    try:
+        return optax.tree_utils.tree_get(opt_state, key, filtering=lambda _, v: hasattr(v, "dtype"))
+    except KeyError:
+        return None
+
+
 def current_learning_rate(opt_state) -> Optional[jax.Array]:
     """The learning rate of the last update, for optimizers built by :func:`make_optimizer`."""
-    try:
-        return optax.tree_utils.tree_get(opt_state, "learning_rate")
-    except (KeyError, ValueError):
-        return None
+    return state_value(opt_state, "learning_rate")

@@ -33,7 +33,7 @@ import optax
 from flax import nnx
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
-from agentrl_jax import partitioning
+from agentrl_jax import optim, partitioning
 from agentrl_jax.partitioning import DEFAULT_RULES, Rules
 
 log = _pylogging.getLogger(__name__)
@@ -246,13 +246,6 @@ def _all_finite(tree: Any) -> jax.Array:
     return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves])) if leaves else jnp.array(True)
 
 
-def _tree_get(tree: Any, key: str) -> Optional[jax.Array]:
-    try:
-        return optax.tree_utils.tree_get(tree, key)
-    except (KeyError, ValueError):
-        return None
-
-
 def _check_batch(batch: Any, divisor: int, accum_steps: int) -> None:
     leaves = jax.tree_util.tree_leaves_with_path(batch)
     if not leaves:
@@ -351,7 +344,7 @@ def make_train_step(
 
         grad_norm = optax.global_norm(grads)
         finite = jnp.isfinite(loss) & _all_finite(grads)
-        counted = _tree_get(opt_state, "total_notfinite") is not None
+        counted = optim.state_value(opt_state, "total_notfinite") is not None
         if counted:
             # apply_if_finite inspects only the gradients: make a bad loss visible to it.
             grads = jax.tree.map(lambda g: jnp.where(finite, g, jnp.nan), grads)
@@ -375,10 +368,10 @@ def make_train_step(
             param_norm=optax.global_norm(new_params).astype(jnp.float32),
             skipped=(~finite).astype(jnp.int32),
         )
-        total = _tree_get(new_opt, "total_notfinite")
+        total = optim.state_value(new_opt, "total_notfinite")
         if total is not None:
             metrics["skipped_total"] = total
-        lr = _tree_get(new_opt, "learning_rate")
+        lr = optim.state_value(new_opt, "learning_rate")
         if lr is not None:
             metrics["learning_rate"] = jnp.asarray(lr, jnp.float32)
         return new_params, new_opt, metrics
