@@ -29,8 +29,9 @@ def test_aggregation_modes_on_ragged_mask(mode, want):
 
 
 def test_aggregate_normalizer_and_bad_mode():
-    np.testing.assert_allclose(aggregate(LOSS, MASK, "token-mean", normalizer=20.0), 0.5)
-    np.testing.assert_allclose(aggregate(LOSS, MASK, "seq-mean-token-sum", normalizer=4.0), 2.5)
+    f = jax.jit(aggregate, static_argnames="mode")
+    np.testing.assert_allclose(f(LOSS, MASK, mode="token-mean", normalizer=20.0), 0.5)
+    np.testing.assert_allclose(f(LOSS, MASK, mode="seq-mean-token-sum", normalizer=4.0), 2.5)
     with pytest.raises(ValueError, match="token-mean"):
         aggregate(LOSS, MASK, "sum")
     with pytest.raises(ValueError, match="mask shape"):
@@ -42,12 +43,13 @@ def test_masked_mean_sum_whiten():
     m = jnp.array([[1.0, 1.0], [1.0, 0.0]])
     assert float(jax.jit(masked_sum)(x, m)) == 6.0
     assert float(jax.jit(masked_mean)(x, m)) == 2.0
-    np.testing.assert_allclose(masked_mean(x, m, axis=1), [1.5, 3.0])
-    np.testing.assert_allclose(masked_mean(x, jnp.zeros_like(m), axis=1), [0.0, 0.0])
+    row_mean = jax.jit(masked_mean, static_argnames="axis")
+    np.testing.assert_allclose(row_mean(x, m, axis=1), [1.5, 3.0])
+    np.testing.assert_allclose(row_mean(x, jnp.zeros_like(m), axis=1), [0.0, 0.0])
     # mean 2, population var 2/3 -> (x - 2) / sqrt(2/3) = [-1.2247, 0, 1.2247], masked slot 0
     w = jax.jit(masked_whiten)(x, m)
     np.testing.assert_allclose(w, [[-1.2247449, 0.0], [1.2247449, 0.0]], rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(masked_whiten(x, m, shift_mean=False), [[0.7752551, 2.0], [3.2247449, 0.0]],
+    np.testing.assert_allclose(jax.jit(masked_whiten, static_argnames="shift_mean")(x, m, shift_mean=False), [[0.7752551, 2.0], [3.2247449, 0.0]],
                                rtol=1e-5)
 
 
@@ -67,12 +69,13 @@ def test_k3_nonnegative_and_low_var_clamped():
     rng = np.random.default_rng(0)
     lp = jnp.asarray(rng.normal(scale=3.0, size=(4, 50)), jnp.float32)
     ref = jnp.asarray(rng.normal(scale=3.0, size=(4, 50)), jnp.float32)
-    k3 = np.asarray(kl_estimate(lp, ref, "k3"))
-    assert np.all(k3 >= 0) and np.all(np.asarray(kl_estimate(lp, ref, "k2")) >= 0)
+    kl = jax.jit(kl_estimate, static_argnames="kind")
+    k3 = np.asarray(kl(lp, ref, kind="k3"))
+    assert np.all(k3 >= 0) and np.all(np.asarray(kl(lp, ref, kind="k2")) >= 0)
     # ref much more likely than pi: r_ref = e^15, k3 = e^15 - 16; low_var_kl clamps it to 10
     big_lp, big_ref = jnp.array([[-16.0]]), jnp.array([[-1.0]])
-    np.testing.assert_allclose(kl_estimate(big_lp, big_ref, "k3"), [[np.exp(15.0) - 16.0]], rtol=1e-5)
-    assert float(kl_estimate(big_lp, big_ref, "low_var_kl")[0, 0]) == 10.0
+    np.testing.assert_allclose(kl(big_lp, big_ref, kind="k3"), [[np.exp(15.0) - 16.0]], rtol=1e-5)
+    assert float(kl(big_lp, big_ref, kind="low_var_kl")[0, 0]) == 10.0
     with pytest.raises(ValueError, match="low_var_kl"):
         kl_estimate(lp, ref, "k4")
 
@@ -83,8 +86,9 @@ def test_k1_and_k3_are_unbiased_for_categoricals():
     p = jax.nn.log_softmax(jnp.asarray(rng.normal(size=(7,)), jnp.float32))
     q = jax.nn.log_softmax(jnp.asarray(rng.normal(size=(7,)), jnp.float32))
     kl = float(jnp.sum(jnp.exp(p) * (p - q)))
+    kl_jit = jax.jit(kl_estimate, static_argnames="kind")
     for kind in ("k1", "k3"):
-        est = float(jnp.sum(jnp.exp(p) * kl_estimate(p[None], q[None], kind)[0]))
+        est = float(jnp.sum(jnp.exp(p) * kl_jit(p[None], q[None], kind=kind)[0]))
         np.testing.assert_allclose(est, kl, rtol=1e-5)
 
 
@@ -99,5 +103,5 @@ def test_kl_in_reward_and_loss_forms():
     np.testing.assert_allclose(loss, (np.log(2) + 0.0) / 2, rtol=1e-6)  # first token masked out
     np.testing.assert_allclose(m["kl"], loss)
     # gradient of the k3 loss w.r.t. logprobs: d/dx [e^{ref-x} - 1 - (ref-x)] = 1 - e^{ref-x}
-    g = jax.grad(lambda x: kl_loss(x, ref, mask, "k3")[0])(lp)
+    g = jax.jit(jax.grad(lambda x: kl_loss(x, ref, mask, "k3")[0]))(lp)
     np.testing.assert_allclose(g, [[0.0, (1 - 0.5) / 2, 0.0]], atol=1e-6)

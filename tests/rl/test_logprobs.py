@@ -1,4 +1,6 @@
 """token_logprobs / entropy against log_softmax gathers and numpy; chunked equals unchunked."""
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -32,19 +34,29 @@ def test_matches_log_softmax_gather_and_numpy():
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(got, _numpy_logprobs(logits, targets), rtol=1e-5, atol=1e-6)
     # temperature divides the logits
-    np.testing.assert_allclose(token_logprobs(logits, targets, temperature=0.7),
+    np.testing.assert_allclose(lp_jit(logits, targets, temperature=0.7),
                                _numpy_logprobs(logits, targets, 0.7), rtol=1e-5, atol=1e-6)
+
+
+@functools.partial(jax.jit, static_argnames="chunk")
+def _lp_ent_and_grad(logits, targets, chunk):
+    """Values of both functions and the gradient of a scalar mixing them, at one chunk size."""
+    f = lambda x: (token_logprobs(x, targets, chunk_size=chunk), entropy_from_logits(x, chunk_size=chunk))
+    lp, ent = f(logits)
+    grad = jax.grad(lambda x: jnp.sum(f(x)[0] * f(x)[1]))(logits)
+    return lp, ent, grad
+
+
+@functools.lru_cache(maxsize=None)
+def _unchunked():
+    return _lp_ent_and_grad(*_data(), chunk=None)
 
 
 @pytest.mark.parametrize("chunk", [2, 3, 16])   # 3 leaves a remainder of 1; 16 is longer than T
 def test_chunked_equals_unchunked_values_and_grads(chunk):
-    logits, targets = _data()
-    np.testing.assert_allclose(lp_jit(logits, targets, chunk_size=chunk), lp_jit(logits, targets),
-                               rtol=1e-6, atol=1e-6)
-    np.testing.assert_allclose(ent_jit(logits, chunk_size=chunk), ent_jit(logits), rtol=1e-6, atol=1e-6)
-    g = lambda c: jax.jit(jax.grad(lambda x: jnp.sum(token_logprobs(x, targets, chunk_size=c)
-                                                     * entropy_from_logits(x, chunk_size=c))))(logits)
-    np.testing.assert_allclose(g(chunk), g(None), rtol=1e-5, atol=1e-6)
+    got = _lp_ent_and_grad(*_data(), chunk=chunk)
+    for a, b in zip(got, _unchunked()):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
 def test_entropy_uniform_and_onehot():
@@ -54,11 +66,11 @@ def test_entropy_uniform_and_onehot():
     np.testing.assert_allclose(ent_jit(peaked), [[0.0]], atol=1e-6)
     # temperature: entropy of (2 * logits) at temperature 2 equals entropy of logits
     logits, _ = _data()
-    np.testing.assert_allclose(entropy_from_logits(2 * logits, temperature=2.0), entropy_from_logits(logits),
+    np.testing.assert_allclose(ent_jit(2 * logits, temperature=2.0), ent_jit(logits),
                                rtol=1e-5, atol=1e-6)
     # and matches -sum p log p
     p = jax.nn.softmax(logits, -1)
-    np.testing.assert_allclose(entropy_from_logits(logits), -jnp.sum(p * jnp.log(p), -1), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(ent_jit(logits), -jnp.sum(p * jnp.log(p), -1), rtol=1e-5, atol=1e-6)
 
 
 def test_bfloat16_logits_and_combined():
@@ -67,8 +79,8 @@ def test_bfloat16_logits_and_combined():
     lp, ent = jax.jit(token_logprobs_and_entropy, static_argnames="chunk_size")(lb, targets, chunk_size=4)
     assert lp.dtype == jnp.float32 and ent.dtype == jnp.float32
     # same as the float32 computation on the (rounded) bf16 values
-    np.testing.assert_allclose(lp, token_logprobs(lb.astype(jnp.float32), targets), rtol=1e-6, atol=1e-6)
-    np.testing.assert_allclose(ent, entropy_from_logits(lb.astype(jnp.float32)), rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(lp, lp_jit(lb.astype(jnp.float32), targets), rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(ent, ent_jit(lb.astype(jnp.float32)), rtol=1e-6, atol=1e-6)
 
 
 def test_bad_inputs_raise():

@@ -138,21 +138,29 @@ def test_ppo_loss_combines_parts():
     f = jax.jit(ppo_loss, static_argnums=0)
     total, met = f(cfg, lp, old, adv, mask, entropy=ent, ref_logprobs=ref, values=v, old_values=v_old, returns=ret)
     agg = cfg.loss_aggregation
-    pg, _ = policy_loss(lp, old, adv, mask, 0.2, None, 3.0, agg)
-    vf, _ = value_loss(v, v_old, ret, mask, 0.2, agg)
-    kl, _ = kl_loss(lp, ref, mask, "k3", agg)
-    want = pg + 0.5 * vf - 0.01 * entropy_bonus(ent, mask, agg) + 0.05 * kl
+
+    @jax.jit
+    def parts(lp, old, ref, adv, ent, v, v_old, ret, mask):
+        pg, _ = policy_loss(lp, old, adv, mask, 0.2, None, 3.0, agg)
+        vf, _ = value_loss(v, v_old, ret, mask, 0.2, agg)
+        kl, _ = kl_loss(lp, ref, mask, "k3", agg)
+        ent_b = entropy_bonus(ent, mask, agg)
+        pg_tm, _ = policy_loss(lp, old, adv, mask)
+        kl_tm, _ = kl_loss(lp, ref, mask, "low_var_kl")
+        return pg, vf, kl, ent_b, pg_tm, kl_tm
+
+    pg, vf, kl, ent_b, pg_tm, kl_tm = parts(lp, old, ref, adv, ent, v, v_old, ret, mask)
+    want = pg + 0.5 * vf - 0.01 * ent_b + 0.05 * kl
     np.testing.assert_allclose(total, want, rtol=1e-5)
     for key in ("pg_loss", "vf_loss", "kl_loss", "entropy", "clip_frac", "vf_clip_frac", "approx_kl", "loss"):
         assert key in met and np.isfinite(float(met[key]))
     # kl_in_reward: the KL term is not in the loss
-    total_r, met_r = ppo_loss(dataclasses.replace(cfg, kl_in_reward=True), lp, old, adv, mask, entropy=ent,
-                              ref_logprobs=ref, values=v, old_values=v_old, returns=ret)
+    total_r, met_r = f(dataclasses.replace(cfg, kl_in_reward=True), lp, old, adv, mask, entropy=ent,
+                       ref_logprobs=ref, values=v, old_values=v_old, returns=ret)
     np.testing.assert_allclose(total_r, want - 0.05 * kl, rtol=1e-5)
     assert "kl_loss" not in met_r
     # GRPO form: policy (+ KL) only
-    total_g, _ = ppo_loss(RLConfig(), lp, old, adv, mask, ref_logprobs=ref)
-    kl_g, _ = kl_loss(lp, ref, mask, "low_var_kl")
-    np.testing.assert_allclose(total_g, policy_loss(lp, old, adv, mask)[0] + 0.01 * kl_g, rtol=1e-5)
+    total_g, _ = f(RLConfig(), lp, old, adv, mask, ref_logprobs=ref)
+    np.testing.assert_allclose(total_g, pg_tm + 0.01 * kl_tm, rtol=1e-5)
     with pytest.raises(ValueError, match="old_values and returns"):
         ppo_loss(cfg, lp, old, adv, mask, values=v)
