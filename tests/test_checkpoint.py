@@ -1,0 +1,152 @@
+"""Orbax checkpoints: cross-mesh restore, retention, corrupt fallback, SIGTERM preemption + exact resume."""
+import os
+import shutil
+import signal
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+from flax import nnx
+
+from agentrl_jax import checkpoint, optim, sharding
+from helpers.standin import StandinLM
+
+HELPERS = os.path.join(os.path.dirname(__file__), "helpers")
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _factory(seed=0):
+    return lambda: StandinLM(vocab=64, hidden=32, mlp=64, layers=1, rngs=nnx.Rngs(seed))
+
+
+def _state(mesh, seed=0):
+    tx = optim.make_optimizer(learning_rate=1e-3)
+    _, params, opt_state, sh = sharding.create_sharded(_factory(seed), tx, mesh)
+    state = {"params": params, "opt_state": opt_state, "rng": jax.random.key(seed)}
+    abstract = {
+        "params": sharding.abstract_with_shardings(params, sh.params),
+        "opt_state": sharding.abstract_with_shardings(opt_state, sh.opt_state),
+        "rng": jax.random.key(0),
+    }
+    return state, abstract
+
+
+def _np(tree):
+    return jax.tree.map(lambda x: np.asarray(jax.device_get(x)), tree)
+
+
+def test_save_on_one_mesh_restore_on_another(tmp_path):
+    state, _ = _state(sharding.make_mesh(8, 1, 1), seed=0)
+    ck = checkpoint.Checkpointer(tmp_path / "ck", save_every=5, keep=2)
+    assert not ck.maybe_save(3, state)  # not due
+    assert ck.maybe_save(5, state, extra_json={"cursor": 17, "env_seeds": [1, 2]}, gin_config="a.b = 1\n")
+    ck.close()
+
+    mesh2 = sharding.make_mesh(2, 4, 1)
+    _, abstract = _state(mesh2, seed=1)  # different values on purpose: they must be overwritten
+    ck2 = checkpoint.Checkpointer(tmp_path / "ck", save_every=5, keep=2)
+    step, restored, extra = ck2.restore_latest(abstract)
+    assert step == 5 and extra == {"cursor": 17, "env_seeds": [1, 2]}
+    assert ck2.read_config(5) == {"gin_config": "a.b = 1\n", "step": 5}
+    jax.tree.map(np.testing.assert_array_equal, _np(restored["params"]), _np(state["params"]))
+    jax.tree.map(np.testing.assert_array_equal, _np(restored["opt_state"]), _np(state["opt_state"]))
+    # PRNG key comes back typed and equal
+    assert jax.dtypes.issubdtype(restored["rng"].dtype, jax.dtypes.prng_key)
+    np.testing.assert_array_equal(jax.random.key_data(restored["rng"]), jax.random.key_data(state["rng"]))
+    kernel = restored["params"]["blocks"][0]["up"]["kernel"].get_value()
+    assert kernel.sharding.mesh.shape == mesh2.shape and kernel.sharding.spec == jax.sharding.PartitionSpec("fsdp", None)
+    ck2.close()
+
+
+def test_keeps_last_k_and_best(tmp_path):
+    state, _ = _state(sharding.make_mesh(1, 8, 1))
+    ck = checkpoint.Checkpointer(tmp_path, save_every=1, keep=2, best_metric="success", best_mode="max")
+    for step, success in [(1, 0.1), (2, 0.9), (3, 0.2), (4, 0.3), (5, 0.4)]:
+        ck.maybe_save(step, state, metrics={"success": success, "loss": 1.0})
+    ck.wait()
+    assert ck.all_steps() == [2, 4, 5] and ck.best_step() == 2
+    ck.close()
+    ck = checkpoint.Checkpointer(tmp_path / "min", save_every=1, keep=1, best_metric="loss", best_mode="min")
+    for step, loss in [(1, 3.0), (2, 1.0), (3, 2.0)]:
+        ck.maybe_save(step, state, metrics={"loss": loss})
+    ck.wait()
+    assert ck.all_steps() == [2, 3] and ck.best_step() == 2
+    ck.close()
+
+
+@pytest.mark.parametrize("damage", ["metadata", "data"])
+def test_corrupt_latest_falls_back_to_previous(tmp_path, damage):
+    state, abstract = _state(sharding.make_mesh(1, 8, 1))
+    ck = checkpoint.Checkpointer(tmp_path, save_every=1, keep=3)
+    ck.maybe_save(1, state, extra_json={"at": 1})
+    ck.maybe_save(2, state, extra_json={"at": 2})
+    ck.close()
+    newest = tmp_path / "2" / "state"
+    if damage == "metadata":
+        os.remove(newest / "_METADATA")
+    else:  # delete the array data files
+        for root, _, files in os.walk(newest):
+            if os.path.basename(root) == "d":
+                for f in files:
+                    os.remove(os.path.join(root, f))
+    ck = checkpoint.Checkpointer(tmp_path, save_every=1, keep=3)
+    with pytest.warns(RuntimeWarning, match="step 2 .* could not be restored"):
+        step, restored, extra = ck.restore_latest(abstract)
+    assert step == 1 and extra == {"at": 1}
+    jax.tree.map(np.testing.assert_array_equal, _np(restored["params"]), _np(state["params"]))
+    ck.close()
+
+
+def test_empty_dir_and_wrong_target(tmp_path):
+    state, abstract = _state(sharding.make_mesh(1, 8, 1))
+    ck = checkpoint.Checkpointer(tmp_path, save_every=1)
+    assert ck.restore_latest(abstract) is None
+    ck.maybe_save(1, state)
+    bad = dict(abstract, rng=jax.ShapeDtypeStruct((3,), np.float32))
+    with pytest.warns(RuntimeWarning), pytest.raises(ValueError, match="could be restored into the given abstract"):
+        ck.restore_latest(bad)
+    with pytest.raises(ValueError, match="JSON-serialisable"):
+        ck.maybe_save(2, state, extra_json={"x": object()})
+    ck.close()
+    with pytest.raises(ValueError, match="save_every"):
+        checkpoint.Checkpointer(tmp_path / "x", save_every=0)
+
+
+def _run(workdir, out, *extra):
+    cmd = [sys.executable, os.path.join(HELPERS, "preempt_train.py"), "--workdir", str(workdir), "--out", str(out),
+           "--steps", "10", "--save_every", "4", *extra]
+    env = dict(os.environ, PYTHONPATH=REPO)
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_sigterm_saves_and_resume_matches_uninterrupted_run(tmp_path):
+    ref = _run(tmp_path / "ref", tmp_path / "ref.npz")
+    ref_out, _ = ref.communicate(timeout=300)
+    assert ref.returncode == 0 and "done" in ref_out
+
+    proc = _run(tmp_path / "run", tmp_path / "run.npz", "--sleep", "0.5")
+    seen = []
+    for line in proc.stdout:
+        seen.append(line)
+        if line.startswith("step 3 "):
+            proc.send_signal(signal.SIGTERM)
+            break
+    rest, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, "".join(seen) + rest
+    preempted = [l for l in rest.splitlines() if l.startswith("preempted at step")]
+    assert preempted, rest
+    stopped_at = int(preempted[0].split()[-1])
+    assert 3 <= stopped_at < 10 and not (tmp_path / "run.npz").exists()
+    assert str(stopped_at) in os.listdir(tmp_path / "run" / "ckpt")  # forced save off the save_every grid too
+
+    again = _run(tmp_path / "run", tmp_path / "run.npz")
+    out, _ = again.communicate(timeout=300)
+    assert again.returncode == 0 and f"resumed from step {stopped_at}" in out and "done" in out, out
+    a, b = np.load(tmp_path / "ref.npz"), np.load(tmp_path / "run.npz")
+    assert sorted(a.files) == sorted(b.files) and len(a.files) > 0
+    for k in a.files:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)  # bit-identical
