@@ -18,7 +18,8 @@ Reward (gin `reward_mode`):
 - "score" (default): reward = (score_t - score_{t-1}) / 100 * `success_reward`. The package's score runs
   0..100, so a full solve sums to `success_reward` (10, the study's success reward), and partial
   progress (sub-goals) is rewarded on the way. A failure (score < 0, e.g. focusing on the wrong object)
-  drops the score to a negative value, so that step's reward is negative.
+  counts as score 0 for the reward: it takes back the partial credit, so a failed episode sums to 0 (the
+  study's "0 on failure") and a truncated one to its partial credit.
 - "success": `success_reward` on the step that completes the task, 0 otherwise (the study's sparse scheme).
 `info["score"]` always holds the package's integer score (0..100, negative on failure).
 
@@ -60,6 +61,12 @@ UNKNOWN_ACTION_FEEDBACK = "No known action matches that input."
 # count), so the adapter refuses it and leaves it out of the templates shown to the agent.
 _BLOCKED_ACTIONS = ("reset task",)
 _TASK_DESC_HEADER = "Task Description:"
+# The simulator lists a room's contents (and breaks gold-path ties) in Java hash-set order, and Java's
+# default identity hash codes come from a per-thread random stream, so the same (task, variation) can list
+# its objects in a different order depending on what the JVM loaded before (the package has the same
+# property). The task, its variation, scores and dynamics do not change. A constant identity hash makes
+# the order insertion order, hence reproducible, at about 2x the step time (measured on boil).
+REPRODUCIBLE_TEXT_JVM_OPTIONS = ("-XX:+UnlockExperimentalVMOptions", "-XX:hashCode=2")
 
 
 def _require_scienceworld():
@@ -120,12 +127,15 @@ class SciWorldEnv(TextEnv):
         up to ~9 s); when False, `expert_actions()` computes it on demand.
       jvm_memory: JVM max heap (`-Xmx`), or None to leave it to JAVA_TOOL_OPTIONS.
       jvm_options: further java command-line options.
+      reproducible_text: make observation text byte-identical for the same seed whatever the JVM did
+        before (see `REPRODUCIBLE_TEXT_JVM_OPTIONS`); costs about 2x step time, so off by default.
     """
 
     def __init__(self, task_names: Sequence[str] | None = None, split: str = "train", max_steps: int = 50,
                  simplifications: str = "", reward_mode: str = "score", success_reward: float = 10.0,
                  include_objects: bool = True, generate_gold_path: bool = False,
-                 jvm_memory: str | None = "256m", jvm_options: Sequence[str] = ("-XX:+UseSerialGC",)):
+                 jvm_memory: str | None = "256m", jvm_options: Sequence[str] = ("-XX:+UseSerialGC",),
+                 reproducible_text: bool = False):
         _require_scienceworld()
         self.task_names = self._resolve_tasks(task_names)
         if split not in SPLITS:
@@ -148,6 +158,9 @@ class SciWorldEnv(TextEnv):
         self.include_objects = include_objects
         self.generate_gold_path = generate_gold_path
         self._javaopts = ([f"-Xmx{jvm_memory}"] if jvm_memory else []) + list(jvm_options)
+        if reproducible_text:
+            self._javaopts += list(REPRODUCIBLE_TEXT_JVM_OPTIONS)
+        self.reproducible_text = reproducible_text
 
         self._proc: subprocess.Popen | None = None
         self._gateway = None
@@ -289,7 +302,11 @@ class SciWorldEnv(TextEnv):
         ep["actions"].append(action)
         ep["steps"] += 1
         score = int(round(100 * srv.getScore()))
-        delta, ep["score"] = score - ep["score"], score
+        # Negative scores (failure) count as 0 for the reward, so an episode's rewards sum to
+        # max(final score, 0) / 100 * success_reward: full on success, partial credit on truncation, 0 on
+        # failure (the study's "0 on failure"), never below 0.
+        delta = max(score, 0) - max(ep["score"], 0)
+        ep["score"] = score
         success = completed and score > 0
         failed = score < 0
         truncated = not (success or failed) and ep["steps"] >= self.max_steps
