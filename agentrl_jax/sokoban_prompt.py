@@ -1,0 +1,212 @@
+"""The Sokoban prompt as token ids, built on device (inside jit) and on the host from the same pieces.
+
+Principle 1 of the design: ids are the source of truth. Both paths assemble
+    chat start + user prefix + [prompt prefix] + [history block] + [step intro] + [observation] + [prompt suffix]
+    + user suffix + generation prompt
+from pieces tokenized once, so `device_prompt(...)` and `host_prompt_ids(...)` give identical ids, and their
+decoded text is exactly the chat-templated `envs.sokoban.build_prompt(...)` (tested).
+
+The device path also parses the answer straight from generated ids (`parse_response`), mirroring
+`agentrl_jax.chat.parse_action_text`; it needs the four format tags to be single tokens (true for the tiny
+tokenizer; checked at construction with a clear error otherwise — use the host rollout for other tokenizers).
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import List, Optional, Sequence, Tuple
+
+import gin
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import envs.sokoban as sk
+from envs.prompting import answer_format, format_admissible
+from agentrl_jax import segments
+from agentrl_jax.chat import ChatFormat
+
+PROMPT_STYLES = ("study", "compact")
+# The history shows this word when the previous answer could not be parsed.
+INVALID_WORD = "invalid"
+TAGS = ("<think>", "</think>", "<action>", "</action>")
+
+
+def prompt_parts(dim: int, thinking: bool, style: str) -> Tuple[str, str]:
+    """(prefix, suffix) around the current-step paragraph. "study" is the paper's full prompt
+    (`envs.sokoban.prompt_parts`); "compact" keeps only the essentials, for tiny models on a CPU."""
+    if style == "study":
+        return sk.prompt_parts(dim, thinking)
+    if style == "compact":
+        prefix = f"Sokoban {dim}x{dim}. Push the box onto the goal.\n"
+        suffix = f"\nActions: {format_admissible(sk.ACTION_WORDS)}.\n" + answer_format(thinking)
+        return prefix, suffix
+    raise ValueError(f"Unknown Sokoban prompt style {style!r}; use one of {PROMPT_STYLES}.")
+
+
+def history_head(step: int) -> str:
+    """History block text before the previous observation (window 1), matching `envs.prompting.history_block`."""
+    return (f"Prior to this step, you have already taken {step} step(s). Below are the most recent 1 observations "
+            f"and the corresponding actions you took:\n[Text Observation {step}: '")
+
+
+def history_mid(step: int) -> str:
+    return f"', Action {step}: '"
+
+
+HISTORY_TAIL = "']\n"
+
+
+@gin.configurable(denylist=["chat", "dim", "max_steps"])
+@dataclasses.dataclass(eq=False)
+class SokobanPrompter:
+    """Pre-tokenized pieces of the per-step Sokoban prompt for one tokenizer / chat template.
+
+    render_style: "coords" (the study's) or "grid" (RAGEN's). prompt_style: "study" or "compact".
+    window: past (observation, action) pairs shown (0 or 1 on device). max_prompt_tokens: the static prompt
+    buffer; longer prompts are cut from the left and counted as truncated.
+    """
+
+    chat: ChatFormat
+    dim: int
+    max_steps: int
+    render_style: str = "coords"
+    prompt_style: str = "study"
+    window: int = 1
+    max_prompt_tokens: int = 1024
+
+    def __post_init__(self):
+        if self.window not in (0, 1):
+            raise ValueError(f"SokobanPrompter.window must be 0 or 1 for the on-device prompt, got {self.window}.")
+        tok = self.chat.tokenizer
+        self.thinking = self.chat.thinking
+        self.pad_id = int(tok.pad_token_id if tok.pad_token_id is not None else 0)
+        enc = self.encode
+        self.renderer = sk.TokenRenderer(enc, self.dim, self.render_style, pad_id=self.pad_id)
+        prefix, suffix = prompt_parts(self.dim, self.thinking, self.prompt_style)
+        self.head = (list(self.chat.start_ids) + list(self.chat.default_system_ids)
+                     + list(self.chat.prefix_ids["user"]) + enc(prefix))
+        self.tail = enc(suffix) + list(self.chat.suffix_ids["user"]) + self.chat.generation_prompt_ids()
+        steps = range(self.max_steps + 1)
+        self.intro = [enc(sk.step_intro(t)) for t in steps]
+        self.hist_head = [enc(history_head(t)) for t in steps]
+        self.hist_mid = [enc(history_mid(t)) for t in steps]
+        self.hist_tail = enc(HISTORY_TAIL)
+        self.words = [enc(w) for w in (*sk.ACTION_WORDS, INVALID_WORD)]
+        self._tables = {name: segments.pad_table(getattr(self, name), self.pad_id)
+                        for name in ("intro", "hist_head", "hist_mid", "words")}
+        self._build_parser(tok)
+
+    def encode(self, text: str) -> List[int]:
+        return list(self.chat.encode_content(text))
+
+    # ------------------------------------------------------------------ prompt ids
+    def device_prompt(self, state: sk.State, prev_state: sk.State, prev_action: jax.Array, step: jax.Array
+                      ) -> Tuple[jax.Array, jax.Array, jax.Array]:
+        """Prompt ids for one (unbatched) state; vmap for batches.
+
+        prev_state / prev_action (0..3, or -1 = invalid answer) are used when step > 0 and window == 1.
+        Returns (ids int32[max_prompt_tokens] right-aligned, mask, total length before truncation).
+        """
+        step = jnp.asarray(step, jnp.int32)
+        segs = [segments.constant(self.head)]
+        if self.window == 1:
+            show = step > 0
+            hide = lambda seg: (seg[0], jnp.where(show, seg[1], 0))  # noqa: E731
+            obs_prev = self.renderer(prev_state)
+            word = jnp.where(prev_action < 0, len(sk.ACTION_WORDS), prev_action)
+            segs += [hide(segments.table_lookup(*self._tables["hist_head"], step)), hide(obs_prev),
+                     hide(segments.table_lookup(*self._tables["hist_mid"], step)),
+                     hide(segments.table_lookup(*self._tables["words"], word)),
+                     hide(segments.constant(self.hist_tail))]
+        segs += [segments.table_lookup(*self._tables["intro"], step), self.renderer(state),
+                 segments.constant(self.tail)]
+        return segments.pack_right(segs, self.max_prompt_tokens, self.pad_id)
+
+    def host_prompt_ids(self, state, prev_state=None, prev_action: int = -1, step: int = 0) -> List[int]:
+        """The same ids as `device_prompt`, unpadded, assembled in Python (for the host rollout path)."""
+        pieces = [self.head]
+        if self.window == 1 and step > 0:
+            word = prev_action if 0 <= prev_action < len(sk.ACTION_WORDS) else len(sk.ACTION_WORDS)
+            pieces += [self.hist_head[step], self.renderer.host_ids(prev_state), self.hist_mid[step],
+                       self.words[word], self.hist_tail]
+        pieces += [self.intro[step], self.renderer.host_ids(state), self.tail]
+        return [t for p in pieces for t in p]
+
+    def prompt_text(self, state, prev_state=None, prev_action: int = -1, step: int = 0) -> str:
+        """The chat-templated prompt as text, built with `envs.sokoban.build_prompt` (for logs and checks)."""
+        prefix, suffix = prompt_parts(self.dim, self.thinking, self.prompt_style)
+        history = []
+        if step > 0 and self.window:
+            word = sk.ACTION_WORDS[prev_action] if 0 <= prev_action < 4 else INVALID_WORD
+            history = [(sk.render_text(prev_state, self.render_style), word)]
+        body = prefix + sk.current_step_text(sk.render_text(state, self.render_style), history, step,
+                                             self.window) + suffix
+        return self.chat.render_text([{"role": "user", "content": body}], add_generation_prompt=True)
+
+    # ------------------------------------------------------------------ answer parsing from ids
+    def _build_parser(self, tok) -> None:
+        tag_ids = []
+        for tag in TAGS:
+            ids = self.encode(tag)
+            if len(ids) != 1:
+                raise ValueError(
+                    f"The on-device Sokoban rollout parses answers from token ids and needs {tag!r} to be a single "
+                    f"token, but this tokenizer splits it into {len(ids)}. Add the four tags as tokens "
+                    f"(tokenizer.add_tokens({list(TAGS)})) or use the host rollout (rollout.mode='host').")
+            tag_ids.append(ids[0])
+        self.tag_ids = np.asarray(tag_ids, np.int32)
+        vocab = max(len(tok), max(tok.get_vocab().values()) + 1)
+        ws = np.zeros((vocab,), bool)
+        for tid in range(len(tok)):
+            s = tok.decode([tid])
+            ws[tid] = bool(s) and s.strip() == ""
+        self.whitespace = ws
+        variants = []
+        for a, w in enumerate(sk.ACTION_WORDS):
+            for form in (w, w.capitalize(), w.upper()):
+                for pad_l, pad_r in (("", ""), (" ", ""), ("", " "), (" ", " ")):
+                    variants.append((a, self.encode(pad_l + form + pad_r)))
+        self.variant_action = np.asarray([a for a, _ in variants], np.int32)
+        self.variant_table, self.variant_len = segments.pad_table([v for _, v in variants], -1)
+
+    def parse_response(self, tokens: jax.Array, length: jax.Array, stopped: jax.Array) -> jax.Array:
+        """Action id 0..3 parsed from generated ids, or -1 when malformed (unbatched; vmap for batches).
+
+        Mirrors `parse_action_text(decode(tokens[:length-1]), thinking)`: exactly the expected tags in order,
+        only whitespace outside the blocks, and the action block holding one action word (any case, spaces
+        around allowed) in its canonical tokenization. An answer cut off before its stop token is malformed.
+        """
+        n = tokens.shape[0]
+        pos = jnp.arange(n)
+        body = pos < (length - 1)  # drop the stop token
+        t_open, t_close, a_open, a_close = (int(x) for x in self.tag_ids)
+        count = lambda tid: jnp.sum((tokens == tid) & body)  # noqa: E731
+        where = lambda tid: jnp.argmax((tokens == tid) & body)  # noqa: E731
+        ok = stopped & (count(a_open) == 1) & (count(a_close) == 1) & (where(a_open) < where(a_close))
+        ws = jnp.asarray(self.whitespace)[jnp.clip(tokens, 0, self.whitespace.shape[0] - 1)]
+        if self.thinking:
+            ok &= (count(t_open) == 1) & (count(t_close) == 1)
+            ok &= (where(t_open) < where(t_close)) & (where(t_close) < where(a_open))
+            outside = body & ((pos < where(t_open)) | ((pos > where(t_close)) & (pos < where(a_open)))
+                              | (pos > where(a_close)))
+        else:
+            ok &= (count(t_open) == 0) & (count(t_close) == 0)
+            outside = body & ((pos < where(a_open)) | (pos > where(a_close)))
+        ok &= jnp.all(ws | ~outside)
+        # Inner tokens, shifted to start at 0, compared with every canonical spelling.
+        start = where(a_open) + 1
+        inner_len = where(a_close) - start
+        width = self.variant_table.shape[1]
+        idx = start + jnp.arange(width)
+        inner = jnp.where(jnp.arange(width) < inner_len, tokens[jnp.clip(idx, 0, n - 1)], -1)
+        table = jnp.asarray(self.variant_table)
+        match = jnp.all(table == inner[None, :], axis=1) & (jnp.asarray(self.variant_len) == inner_len)
+        action = jnp.asarray(self.variant_action)[jnp.argmax(match)]
+        return jnp.where(ok & jnp.any(match), action, -1).astype(jnp.int32)
+
+    def host_parse(self, text: str) -> int:
+        """The reference parser on decoded text (what the host rollout uses)."""
+        from agentrl_jax.chat import parse_action_text  # noqa: PLC0415
+
+        action, ok = parse_action_text(text, self.thinking)
+        return sk.parse_action(action) if ok else -1
