@@ -230,14 +230,24 @@ def abstract_with_shardings(tree: Any, shardings: Any) -> Any:
     return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(np.shape(x), x.dtype, sharding=s), tree, shardings)
 
 
-def shard_batch(batch: Any, shardings: TrainShardings, accum_steps: int = 1) -> Any:
-    """Place a host batch (numpy / jax arrays, same leading dim) on the mesh with the step's sharding.
+def shard_batch(batch: Any, shardings: TrainShardings, accum_steps: int = 1, process_local: bool = False) -> Any:
+    """Place a host batch (numpy arrays) on the mesh with the train step's batch sharding.
 
-    Single-process only (for multi-host, build global arrays with
-    ``jax.make_array_from_process_local_data``).
+    * ``process_local=False``: every process holds the same *global* batch (e.g. generated from a shared
+      seed); each device takes its slice. Works for one or many processes.
+    * ``process_local=True``: each process holds only its own rows (its share of the global batch, in
+      process order), as with per-host data loaders / env pools; uses
+      ``jax.make_array_from_process_local_data``.
     """
     sh = batch_sharding(shardings.mesh, shardings.rules, accum=accum_steps > 1)
-    return jax.tree.map(lambda x: jax.device_put(x, sh), batch)
+    if process_local:
+        return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sh, np.asarray(x)), batch)
+
+    def put(x):
+        x = np.asarray(x)
+        return jax.make_array_from_callback(x.shape, sh, lambda idx: x[idx])
+
+    return jax.tree.map(put, batch)
 
 
 # --------------------------------------------------------------------------------------------- train step

@@ -1,0 +1,65 @@
+"""Sharded train steps as one process of a multi-process CPU job (run twice as subprocesses by
+tests/test_distributed.py), or as the single-process 8-device reference (`reference()`).
+
+    AGENTRL_COORDINATOR=localhost:PORT AGENTRL_NUM_PROCESSES=2 AGENTRL_PROCESS_ID=i \\
+        python tests/helpers/multihost_step.py --out result.npz --local_devices 4
+"""
+import argparse
+import os
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def run_steps(mesh_shape=(2, 4, 1), steps=2):
+    """Returns (losses, {path: full param array}) after `steps` sharded train steps."""
+    import jax
+    import numpy as np
+    from flax import nnx
+    from jax.experimental import multihost_utils
+
+    from agentrl_jax import optim, sharding
+    from helpers.standin import StandinLM, lm_loss, make_batch
+
+    mesh = sharding.make_mesh(*mesh_shape)
+    tx = optim.make_optimizer(learning_rate=1e-3)
+    graphdef, params, opt_state, sh = sharding.create_sharded(
+        lambda: StandinLM(vocab=64, hidden=32, mlp=64, layers=1, rngs=nnx.Rngs(0)), tx, mesh)
+    step = sharding.make_train_step(lm_loss, tx, mesh, sh, graphdef)
+    losses = []
+    for i in range(steps):
+        batch = sharding.shard_batch(make_batch(0, i), sh)  # same global batch on every process
+        params, opt_state, m = step(params, opt_state, batch, jax.random.key(i))
+        losses.append(float(m["loss"]))
+    full = multihost_utils.process_allgather(params, tiled=True)  # sharded across hosts -> whole arrays
+    flat = {jax.tree_util.keystr(p): np.asarray(x) for p, x in jax.tree_util.tree_leaves_with_path(full)}
+    return losses, flat
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--local_devices", type=int, default=4)
+    ap.add_argument("--timeout", type=int, default=None)
+    a = ap.parse_args()
+    os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={a.local_devices}"
+    os.environ["JAX_PLATFORMS"] = "cpu"
+    sys.path[:0] = [os.path.dirname(os.path.dirname(HERE)), os.path.dirname(HERE)]
+    import jax
+    import numpy as np
+
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    from agentrl_jax import distributed
+
+    info = distributed.initialize(initialization_timeout=a.timeout)
+    print(f"process {info.process_index}/{info.process_count}: {info.local_device_count} local, "
+          f"{info.device_count} global devices", flush=True)
+    losses, flat = run_steps()
+    if info.process_index == 0:
+        np.savez(a.out, __losses__=np.array(losses), **flat)
+    print("done", flush=True)
+    distributed.shutdown()
+
+
+if __name__ == "__main__":
+    main()
