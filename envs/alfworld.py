@@ -99,6 +99,33 @@ def list_games(data_path: str, split: str, task_types: tuple[str, ...] = TASK_TY
     return tuple(sorted(games, key=lambda g: os.path.relpath(g, root)))
 
 
+_TRANSLATION_CACHE_SIZE = 8
+
+
+def _memoize_pddl_translation() -> None:
+    """Make TextWorld's PDDL→SAS translation (fast-downward, pure Python) run once per game per process.
+
+    `textworld`'s `PddlEnv` translates the same (domain, problem) pair twice on `load` and twice again on
+    every `reset`: that is most of an ALFWorld reset. The translation is a pure function of its text inputs
+    and TextWorld only reads the returned task, so a small per-process LRU cache is safe.
+    """
+    import fast_downward
+
+    if getattr(fast_downward.pddl2sas, "_agentrl_memoized", False):
+        return
+    original = fast_downward.pddl2sas
+
+    @functools.lru_cache(maxsize=_TRANSLATION_CACHE_SIZE)
+    def cached(domain, problem, verbose=False, optimize=False):
+        return original(domain, problem, verbose=verbose, optimize=optimize)
+
+    def pddl2sas(domain, problem, verbose=False, optimize=False):
+        return cached(domain, problem, verbose=bool(verbose), optimize=bool(optimize))
+
+    pddl2sas._agentrl_memoized = True
+    fast_downward.pddl2sas = pddl2sas
+
+
 def split_task(feedback: str) -> tuple[str, str]:
     """Split the initial description into (observation without the task line, task without the final period)."""
     head, sep, tail = feedback.rpartition("Your task is to:")
@@ -122,10 +149,12 @@ class AlfWorldEnv(TextEnv):
       max_steps: episode step limit (the study uses 50).
       planner_expert: also ask TextWorld for its planner's plan from the current state each step
         (`expert_plan()`); costs a planner call per step, so off by default.
+      cache_translation: memoize TextWorld's PDDL translation in this process (see
+        `_memoize_pddl_translation`): a reset of a game seen recently costs a fraction of a fresh one.
     """
 
     def __init__(self, split: str = "train", task_types: Sequence[str] | None = None, data_path: str | None = None,
-                 max_steps: int = 50, planner_expert: bool = False):
+                 max_steps: int = 50, planner_expert: bool = False, cache_translation: bool = True):
         if split not in SPLITS:
             raise ValueError(f"unknown ALFWorld split {split!r}; valid ones: {sorted(SPLITS)}")
         if not isinstance(max_steps, int) or max_steps < 1:
@@ -135,6 +164,7 @@ class AlfWorldEnv(TextEnv):
         self.data_path = resolve_data_path(data_path)
         self.max_steps = max_steps
         self.planner_expert = planner_expert
+        self.cache_translation = cache_translation
         self.games = list_games(self.data_path, split, self.task_types)
         self._env = None
         self._loaded = None
@@ -150,6 +180,8 @@ class AlfWorldEnv(TextEnv):
                 from alfworld.agents.environment.alfred_tw_env import AlfredDemangler, AlfredInfos
             except ImportError as e:
                 raise ImportError("AlfWorldEnv needs `pip install alfworld==0.4.2` (it brings textworld)") from e
+            if self.cache_translation:
+                _memoize_pddl_translation()
             infos = textworld.EnvInfos(won=True, admissible_commands=True, policy_commands=self.planner_expert,
                                        extras=["gamefile", "walkthrough"])
             self._env = textworld.start(self.games[0], request_infos=infos,
