@@ -8,7 +8,8 @@ from agentrl_jax.rl.aggregate import (AGGREGATION_MODES, aggregate, masked_mean,
 from agentrl_jax.rl.gae import discounted_returns, gae, gae_turns, turns_to_tokens
 from agentrl_jax.rl.grpo import broadcast_to_tokens, group_advantages, group_ids_from_keys
 from agentrl_jax.rl.kl import KL_ESTIMATORS, kl_estimate, kl_loss, kl_penalty_in_reward
-from agentrl_jax.rl.logprobs import entropy_from_logits, token_logprobs, token_logprobs_and_entropy
+from agentrl_jax.rl.logprobs import (entropy_from_logits, token_logprobs, token_logprobs_and_entropy,
+                                     token_logprobs_from_hidden)
 from agentrl_jax.rl.ppo import RLConfig, entropy_bonus, policy_loss, ppo_loss, value_loss
 
 __all__ = [
@@ -17,6 +18,6 @@ __all__ = [
     "gae", "gae_turns", "turns_to_tokens", "discounted_returns",
     "group_advantages", "group_ids_from_keys", "broadcast_to_tokens",
     "kl_estimate", "kl_loss", "kl_penalty_in_reward",
-    "token_logprobs", "entropy_from_logits", "token_logprobs_and_entropy",
+    "token_logprobs", "entropy_from_logits", "token_logprobs_and_entropy", "token_logprobs_from_hidden",
     "policy_loss", "value_loss", "entropy_bonus", "ppo_loss",
 ]

