@@ -23,15 +23,15 @@ simply never attended to. A query attends to valid slots at or before its own sl
 """
 from __future__ import annotations
 
-import functools
-from typing import Optional, Sequence, Tuple
+from typing import Any, Callable, Optional, Sequence, Tuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx, struct
 
 from agentrl_jax.models.config import ModelConfig, rope_inv_freq
-from agentrl_jax.partitioning import constrain
+from agentrl_jax.partitioning import DEFAULT_RULES, constrain, named_sharding
 
 _NEG_INF = -1e30  # finite, so a row with nothing to attend to (a left-pad query) gives no NaNs
 _INIT = nnx.initializers.normal(stddev=0.02)
@@ -315,3 +315,50 @@ class CausalLM(nnx.Module):
             new_cache = KVCache(k=tuple(new_k), v=tuple(new_v), mask=cache_mask, index=index + l,
                                 lengths=cache.lengths + mask.sum(axis=1, dtype=jnp.int32))
         return logits, hidden, new_cache
+
+
+def param_names(var) -> Tuple[Optional[str], ...]:
+    """Logical axis names of an NNX Param (its `out_sharding` metadata); () when unannotated."""
+    return tuple(var.get_metadata().get("out_sharding") or ())
+
+
+def build_model(cfg: ModelConfig, make_value: Callable[[Tuple[str, ...], Tuple[int, ...], Any, Tuple], Any], *,
+                mesh: Optional[jax.sharding.Mesh] = None, rules=DEFAULT_RULES) -> CausalLM:
+    """A CausalLM whose params come from `make_value(path, shape, dtype, logical_names)` (host arrays).
+
+    The model is built abstractly first (no random init, nothing compiled), then each value is placed on
+    device (on its logical sharding when `mesh` is given). Used by the HF loader and for fast numpy init.
+    """
+    abstract = nnx.eval_shape(lambda: CausalLM(cfg, rngs=nnx.Rngs(0)))
+    graphdef, state = nnx.split(abstract)
+    flat = []
+    for path, var in nnx.to_flat_state(state):
+        sds = var.get_value()
+        path = tuple(str(p) for p in path)
+        value = make_value(path, tuple(sds.shape), sds.dtype, param_names(var))
+        value = np.asarray(value).astype(sds.dtype, copy=False)
+        if value.shape != tuple(sds.shape):
+            raise ValueError(f"value for {'/'.join(path)} has shape {value.shape}, expected {tuple(sds.shape)}")
+        if mesh is not None:
+            arr = jax.device_put(value, named_sharding(param_names(var), mesh, rules))
+        else:
+            arr = jnp.asarray(value)
+        flat.append((path, var.replace(arr)))
+    return nnx.merge(graphdef, nnx.from_flat_state(flat))
+
+
+def random_model(cfg: ModelConfig, seed: int = 0, std: float = 0.02, norm_std: float = 0.0,
+                 bias_std: float = 0.0, **kw) -> CausalLM:
+    """A randomly initialised CausalLM built with numpy (no per-shape XLA compiles, so fast on CPU).
+
+    Kernels/embeddings ~ N(0, std); norm scales 1 + N(0, norm_std); biases N(0, bias_std).
+    """
+    rng = np.random.default_rng(seed)
+
+    def value(path, shape, dtype, names):
+        if path[-1] == "scale":
+            return 1.0 + norm_std * rng.standard_normal(shape, dtype=np.float32)
+        s = bias_std if path[-1] == "bias" else std
+        return s * rng.standard_normal(shape, dtype=np.float32)
+
+    return build_model(cfg, value, **kw)

@@ -7,6 +7,7 @@ is placed directly on its sharding.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -23,8 +24,8 @@ from safetensors import safe_open
 from safetensors.numpy import save_file
 
 from agentrl_jax.models.config import ModelConfig, SUPPORTED_MODEL_TYPES, config_from_hf, config_to_hf
-from agentrl_jax.models.decoder import CausalLM
-from agentrl_jax.partitioning import DEFAULT_RULES, named_sharding
+from agentrl_jax.models.decoder import CausalLM, build_model
+from agentrl_jax.partitioning import DEFAULT_RULES
 
 _INDEX = "model.safetensors.index.json"
 _SINGLE = "model.safetensors"
@@ -183,10 +184,7 @@ def load_pretrained(folder: str, dtype: Optional[str] = None, param_dtype: Optio
 
 def _build(cfg: ModelConfig, files: Dict[str, str], folder: str, mesh, rules) -> CausalLM:
     abstract = nnx.eval_shape(lambda: CausalLM(cfg, rngs=nnx.Rngs(0)))
-    graphdef, state = nnx.split(abstract)
-    flat = list(nnx.to_flat_state(state))
-    pdt = jnp.dtype(cfg.param_dtype)
-    wanted = {_hf_name(path): path for path, _ in flat}
+    wanted = [_hf_name(path) for path, _ in nnx.to_flat_state(nnx.state(abstract))]
     missing = [n for n in wanted if n not in files]
     if missing:
         shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
@@ -194,39 +192,30 @@ def _build(cfg: ModelConfig, files: Dict[str, str], folder: str, mesh, rules) ->
             f"checkpoint in {folder} lacks tensors {shown} needed by a {cfg.model_type} model with "
             f"{cfg.num_layers} layers (tie_word_embeddings={cfg.tie_word_embeddings}); is config.json right?"
         )
-    extra = [n for n in files if n not in wanted and not _IGNORED.match(n)
+    extra = [n for n in files if n not in set(wanted) and not _IGNORED.match(n)
              and not (n == "lm_head.weight" and cfg.tie_word_embeddings)]
     if extra:
         warnings.warn(f"{folder}: ignoring {len(extra)} tensors the model does not use, e.g. {extra[:3]}")
 
-    by_file: Dict[str, List[str]] = {}
-    for name in wanted:
-        by_file.setdefault(files[name], []).append(name)
-    values: Dict[Tuple, jax.Array] = {}
-    variables = dict(flat)
-    for fpath, names in by_file.items():
-        with safe_open(fpath, framework="np") as f:
-            for name in names:
-                path = wanted[name]
-                var = variables[path]
-                shape = tuple(var.get_value().shape)
-                arr = f.get_tensor(name)
-                expect = _hf_shape(path, shape)
-                if tuple(arr.shape) != expect:
-                    raise ValueError(
-                        f"{fpath}: tensor {name} has shape {tuple(arr.shape)} but the config in {folder} "
-                        f"implies {expect}; config.json and the weights disagree"
-                    )
-                # Cast per tensor in the source dtype's world: no float32 detour for bf16 checkpoints.
-                host = _to_ours(path, arr, shape).astype(pdt, copy=False)
-                if mesh is not None:
-                    names_ = var.get_metadata().get("out_sharding") or ()
-                    values[path] = jax.device_put(host, named_sharding(names_, mesh, rules))
-                else:
-                    values[path] = jnp.asarray(host)
-                del arr, host
-    new_flat = [(path, var.replace(values[path])) for path, var in flat]
-    return nnx.merge(graphdef, nnx.from_flat_state(new_flat))
+    with contextlib.ExitStack() as stack:
+        handles: Dict[str, Any] = {}
+
+        def read(path, shape, dtype, names):
+            name = _hf_name(path)
+            fpath = files[name]
+            if fpath not in handles:
+                handles[fpath] = stack.enter_context(safe_open(fpath, framework="np"))
+            arr = handles[fpath].get_tensor(name)
+            expect = _hf_shape(path, shape)
+            if tuple(arr.shape) != expect:
+                raise ValueError(
+                    f"{fpath}: tensor {name} has shape {tuple(arr.shape)} but the config in {folder} "
+                    f"implies {expect}; config.json and the weights disagree"
+                )
+            # Cast per tensor from the file's dtype: no float32 detour for bf16 checkpoints.
+            return _to_ours(path, arr, shape).astype(dtype, copy=False)
+
+        return build_model(cfg, read, mesh=mesh, rules=rules)
 
 
 def _parse_size(size) -> int:

@@ -1,0 +1,263 @@
+"""Jitted prefill + decode with a preallocated KV cache; multi-turn continuation without recomputing history.
+
+The core, `generate_fn(graphdef, state, prompt_ids, prompt_mask, cache, key, config)`, is a pure function of
+arrays (NNX split/merge style), so it can be traced inside another `jit` or `lax.scan` (the on-device Sokoban
+episode calls it once per turn). `generate(model, ...)` is the convenient jitted wrapper; `continue_generation`
+appends the next chunk (e.g. an observation) to an existing cache and goes on generating.
+
+Shapes are static: one compilation per (batch, prompt bucket, cache length, GenerationConfig). Pad prompts to
+`bucket_length(...)` with `pad_batch(...)` so a multi-turn rollout reuses one program per bucket.
+
+Every sampled token, including a stop token, is written to the cache before returning, so the cache holds
+exactly prompt + generated tokens and the next turn's chunk is simply appended. Rows that stopped keep their
+slots masked from then on (their later outputs are `pad_id`, logprob 0).
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import List, Optional, Sequence, Tuple
+
+import gin
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx, struct
+
+from agentrl_jax.models.decoder import CausalLM, KVCache
+
+_TRACES = {"generate_fn": 0}
+
+
+def trace_count() -> int:
+    """How many times `generate_fn` has been traced in this process (for recompilation checks)."""
+    return _TRACES["generate_fn"]
+
+
+@gin.configurable
+@dataclasses.dataclass(frozen=True)
+class GenerationConfig:
+    """Sampling settings (static: each distinct config compiles its own program).
+
+    temperature: 0 = greedy (logprobs are then those of the temperature-1 distribution).
+    top_k: keep the k most likely tokens (0 = off). top_p: nucleus mass to keep (1.0 = off).
+    stop_ids: any of these ends a row (the stop token is kept in the output). pad_id: fills after stop.
+    """
+
+    max_new_tokens: int = 64
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    stop_ids: Tuple[int, ...] = ()
+    pad_id: int = 0
+
+    def __post_init__(self):
+        if int(self.max_new_tokens) < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0 (0 = greedy), got {self.temperature}")
+        if not 0.0 < self.top_p <= 1.0:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.top_k < 0:
+            raise ValueError(f"top_k must be >= 0 (0 = off), got {self.top_k}")
+        stop = (self.stop_ids,) if isinstance(self.stop_ids, (int, np.integer)) else self.stop_ids
+        object.__setattr__(self, "stop_ids", tuple(int(s) for s in stop))
+        object.__setattr__(self, "max_new_tokens", int(self.max_new_tokens))
+
+
+@struct.dataclass
+class GenerationResult:
+    """tokens int32 [B, N] (pad_id after a stop); logprobs float32 [B, N] (0 after a stop);
+    lengths int32 [B] (generated tokens incl. the stop token); stopped bool [B] (hit a stop id);
+    cache: the KV cache holding prompt + generated tokens."""
+
+    tokens: jax.Array
+    logprobs: jax.Array
+    lengths: jax.Array
+    stopped: jax.Array
+    cache: KVCache
+
+
+def filter_logits(logits: jax.Array, temperature: float, top_k: int = 0, top_p: float = 1.0) -> jax.Array:
+    """Logits of the sampling distribution: scaled by 1/temperature, outside top-k / top-p set to -inf.
+
+    temperature 0 is treated as 1 here (greedy picks the argmax of the unscaled distribution).
+    """
+    x = logits.astype(jnp.float32)
+    if temperature > 0 and temperature != 1.0:
+        x = x / temperature
+    if top_k > 0 and top_k < x.shape[-1]:
+        kth = jax.lax.top_k(x, top_k)[0][..., -1:]
+        x = jnp.where(x < kth, -jnp.inf, x)
+    if top_p < 1.0:
+        sorted_x = jnp.sort(x, axis=-1)[..., ::-1]
+        probs = jax.nn.softmax(sorted_x, axis=-1)
+        mass_before = jnp.cumsum(probs, axis=-1) - probs
+        # Keep the smallest prefix whose mass reaches top_p (the first token is always kept).
+        keep = mass_before < top_p
+        thresh = jnp.min(jnp.where(keep, sorted_x, jnp.inf), axis=-1, keepdims=True)
+        x = jnp.where(x < thresh, -jnp.inf, x)
+    return x
+
+
+def sample_token(logits: jax.Array, key: jax.Array, config: GenerationConfig) -> Tuple[jax.Array, jax.Array]:
+    """Pick a token per row from logits [B, V]; returns (token int32 [B], its logprob float32 [B])."""
+    x = filter_logits(logits, config.temperature, config.top_k, config.top_p)
+    if config.temperature == 0:
+        tok = jnp.argmax(x, axis=-1)
+    else:
+        tok = jax.random.categorical(key, x, axis=-1)
+    logp = jax.nn.log_softmax(x, axis=-1)
+    lp = jnp.take_along_axis(logp, tok[:, None], axis=-1)[:, 0]
+    return tok.astype(jnp.int32), lp
+
+
+def _last_real(hidden: jax.Array, mask: jax.Array) -> jax.Array:
+    """hidden [B, L, D] at each row's last real token (works for left or right padding)."""
+    idx = jnp.max(jnp.where(mask, jnp.arange(mask.shape[1]), 0), axis=1)
+    return jnp.take_along_axis(hidden, idx[:, None, None], axis=1)[:, 0]
+
+
+def generate_fn(graphdef, state, prompt_ids: jax.Array, prompt_mask: Optional[jax.Array], cache: KVCache,
+                key: jax.Array, config: GenerationConfig) -> GenerationResult:
+    """Pure generation: prefill `prompt_ids` [B, P] into `cache`, then decode up to config.max_new_tokens.
+
+    prompt_mask [B, P] marks real tokens (left padding recommended; None = all real). The chunk is appended
+    after what `cache` already holds, with per-row positions continuing from `cache.lengths`. A row whose
+    chunk is empty continues from garbage logits; callers should ignore such rows. The cache must have room
+    for P + max_new_tokens more slots (checked by the `generate` wrapper, not here).
+    """
+    _TRACES["generate_fn"] += 1  # Python side effect: runs once per trace, not per call
+    model = nnx.merge(graphdef, state)
+    b = prompt_ids.shape[0]
+    n = config.max_new_tokens
+    mask = jnp.ones(prompt_ids.shape, bool) if prompt_mask is None else prompt_mask.astype(bool)
+    _, hidden, cache = model.forward(prompt_ids.astype(jnp.int32), attention_mask=mask, cache=cache,
+                                     return_logits=False)
+    logits = model.logits(_last_real(hidden, mask))
+    stop_ids = jnp.asarray(config.stop_ids or (-1,), jnp.int32)
+
+    def cond(carry):
+        i, _, _, _, _, done, _ = carry
+        return (i < n) & ~jnp.all(done)
+
+    def body(carry):
+        i, cache, logits, tokens, logprobs, done, lengths = carry
+        tok, lp = sample_token(logits, jax.random.fold_in(key, i), config)
+        live = ~done
+        tok = jnp.where(live, tok, config.pad_id)
+        lp = jnp.where(live, lp, 0.0)
+        tokens = jax.lax.dynamic_update_slice(tokens, tok[:, None], (0, i))
+        logprobs = jax.lax.dynamic_update_slice(logprobs, lp[:, None], (0, i))
+        lengths = lengths + live.astype(jnp.int32)
+        done = done | (live & jnp.isin(tok, stop_ids))
+        # Write the token (stop tokens included) so the cache holds the whole turn; finished rows write
+        # masked slots that are never attended to.
+        _, h, cache = model.forward(tok[:, None], attention_mask=live[:, None], cache=cache, return_logits=False)
+        return i + 1, cache, model.logits(h[:, -1]), tokens, logprobs, done, lengths
+
+    init = (
+        jnp.zeros((), jnp.int32), cache, logits,
+        jnp.full((b, n), config.pad_id, jnp.int32), jnp.zeros((b, n), jnp.float32),
+        jnp.zeros((b,), bool), jnp.zeros((b,), jnp.int32),
+    )
+    _, cache, _, tokens, logprobs, done, lengths = jax.lax.while_loop(cond, body, init)
+    return GenerationResult(tokens=tokens, logprobs=logprobs, lengths=lengths, stopped=done, cache=cache)
+
+
+_generate_jit = jax.jit(generate_fn, static_argnames=("graphdef", "config"), donate_argnames=("cache",))
+
+
+def _check_room(cache: KVCache, chunk_len: int, config: GenerationConfig) -> None:
+    try:
+        used = int(cache.index)
+    except (jax.errors.ConcretizationTypeError, TypeError):
+        return  # traced: cannot check here
+    need = used + chunk_len + config.max_new_tokens
+    if need > cache.max_length:
+        raise ValueError(
+            f"KV cache too short: {used} slots used + {chunk_len} prompt + {config.max_new_tokens} new tokens = "
+            f"{need} > max_length {cache.max_length}; create it with model.init_cache(batch, >= {need})"
+        )
+
+
+@gin.configurable(denylist=["model", "prompt_ids", "prompt_mask", "cache", "key"])
+def generate(model: CausalLM, prompt_ids, prompt_mask=None, *, cache: Optional[KVCache] = None,
+             key: Optional[jax.Array] = None, config: Optional[GenerationConfig] = None,
+             cache_length: Optional[int] = None) -> GenerationResult:
+    """Jitted generation for an NNX model.
+
+    prompt_ids [B, P] (left-padded; see `pad_batch`), prompt_mask [B, P] (None = all real). Without `cache`
+    a fresh one of `cache_length` slots (default P + max_new_tokens) is made. The passed cache is donated:
+    use the returned `result.cache` afterwards. key: PRNG key for sampling (unused when greedy).
+    """
+    config = config or GenerationConfig()
+    prompt_ids = jnp.asarray(prompt_ids, jnp.int32)
+    if prompt_ids.ndim != 2:
+        raise ValueError(f"prompt_ids must be [batch, length], got shape {prompt_ids.shape}")
+    if prompt_mask is not None:
+        prompt_mask = jnp.asarray(prompt_mask, bool)
+        if prompt_mask.shape != prompt_ids.shape:
+            raise ValueError(f"prompt_mask shape {prompt_mask.shape} != prompt_ids shape {prompt_ids.shape}")
+    if cache is None:
+        cache = model.init_cache(prompt_ids.shape[0], cache_length or prompt_ids.shape[1] + config.max_new_tokens)
+    if cache.batch_size != prompt_ids.shape[0]:
+        raise ValueError(f"cache batch size {cache.batch_size} != prompt batch size {prompt_ids.shape[0]}")
+    _check_room(cache, prompt_ids.shape[1], config)
+    if key is None:
+        if config.temperature > 0:
+            raise ValueError("sampling with temperature > 0 needs a PRNG key: pass key=jax.random.key(seed)")
+        key = jax.random.key(0)
+    graphdef, state = nnx.split(model)
+    return _generate_jit(graphdef, state, prompt_ids, prompt_mask, cache, key, config)
+
+
+def continue_generation(model: CausalLM, chunk_ids, chunk_mask, cache: KVCache, *, key=None,
+                        config: Optional[GenerationConfig] = None) -> GenerationResult:
+    """Append `chunk_ids` [B, C] (e.g. the next observation, left-padded) to `cache` and keep generating.
+
+    Only the new chunk is prefilled; history stays in the cache. Equivalent to a fresh generation over the
+    whole history (prompt + previous outputs + chunk), without recomputing it.
+    """
+    if cache is None:
+        raise ValueError("continue_generation needs the cache returned by a previous generate call")
+    return generate(model, chunk_ids, chunk_mask, cache=cache, key=key, config=config)
+
+
+def bucket_length(n: int, *, min_size: int = 16, multiple: Optional[int] = None) -> int:
+    """Static length for a chunk of n tokens: the next power of two >= max(n, min_size), or with `multiple`,
+    n rounded up to a multiple of it (less padding, more programs)."""
+    if n < 0:
+        raise ValueError(f"length must be >= 0, got {n}")
+    if multiple:
+        return max(multiple, -(-n // multiple) * multiple)
+    return 1 << max(0, math.ceil(math.log2(max(n, min_size, 1))))
+
+
+def pad_batch(seqs: Sequence[Sequence[int]], pad_id: int = 0, *, length: Optional[int] = None,
+              min_size: int = 16, multiple: Optional[int] = None, side: str = "left") -> Tuple[np.ndarray, np.ndarray]:
+    """Pad token lists to one bucketed length: returns (ids int32 [B, L], mask bool [B, L]).
+
+    length: explicit target (else `bucket_length` of the longest). side: "left" (for generation) or "right".
+    """
+    if side not in ("left", "right"):
+        raise ValueError(f"side must be 'left' or 'right', got {side!r}")
+    longest = max((len(s) for s in seqs), default=0)
+    target = length if length is not None else bucket_length(longest, min_size=min_size, multiple=multiple)
+    if longest > target:
+        raise ValueError(f"a sequence of {longest} tokens does not fit length {target}")
+    ids = np.full((len(seqs), target), pad_id, np.int32)
+    mask = np.zeros((len(seqs), target), bool)
+    for i, s in enumerate(seqs):
+        if len(s) == 0:
+            continue
+        sl = slice(target - len(s), target) if side == "left" else slice(0, len(s))
+        ids[i, sl] = np.asarray(s, np.int32)
+        mask[i, sl] = True
+    return ids, mask
+
+
+def unpad(result: GenerationResult) -> List[List[int]]:
+    """The generated tokens of each row as a list (up to and including the stop token)."""
+    toks = np.asarray(result.tokens)
+    return [toks[i, : int(n)].tolist() for i, n in enumerate(np.asarray(result.lengths))]
