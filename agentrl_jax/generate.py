@@ -119,13 +119,15 @@ def _last_real(hidden: jax.Array, mask: jax.Array) -> jax.Array:
 
 
 def generate_fn(graphdef, state, prompt_ids: jax.Array, prompt_mask: Optional[jax.Array], cache: KVCache,
-                key: jax.Array, config: GenerationConfig) -> GenerationResult:
+                key: jax.Array, config: GenerationConfig, active: Optional[jax.Array] = None) -> GenerationResult:
     """Pure generation: prefill `prompt_ids` [B, P] into `cache`, then decode up to config.max_new_tokens.
 
     prompt_mask [B, P] marks real tokens (left padding recommended; None = all real). The chunk is appended
     after what `cache` already holds, with per-row positions continuing from `cache.lengths`. A row whose
     chunk is empty continues from garbage logits; callers should ignore such rows. The cache must have room
     for P + max_new_tokens more slots (checked by the `generate` wrapper, not here).
+    active: optional bool [B]; inactive rows (e.g. finished episodes) generate nothing (length 0) and do not
+    keep the decode loop running, so they cost no decode steps once all active rows are done.
     """
     _TRACES["generate_fn"] += 1  # Python side effect: runs once per trace, not per call
     model = nnx.merge(graphdef, state)
@@ -159,7 +161,7 @@ def generate_fn(graphdef, state, prompt_ids: jax.Array, prompt_mask: Optional[ja
     init = (
         jnp.zeros((), jnp.int32), cache, logits,
         jnp.full((b, n), config.pad_id, jnp.int32), jnp.zeros((b, n), jnp.float32),
-        jnp.zeros((b,), bool), jnp.zeros((b,), jnp.int32),
+        jnp.zeros((b,), bool) if active is None else ~active.astype(bool), jnp.zeros((b,), jnp.int32),
     )
     _, cache, _, tokens, logprobs, done, lengths = jax.lax.while_loop(cond, body, init)
     return GenerationResult(tokens=tokens, logprobs=logprobs, lengths=lengths, stopped=done, cache=cache)
