@@ -26,16 +26,21 @@ def _check_same_shape(x: jax.Array, mask: jax.Array, fn: str) -> None:
                          "build the mask with the same [B, T] shape as the values.")
 
 
+def _zero_out(x: jax.Array, mask: jax.Array) -> jax.Array:
+    """x * mask, except that NaN/inf at masked-out positions (e.g. padding log-probs) cannot leak."""
+    return jnp.where(mask > 0, x * mask, 0.0)
+
+
 def masked_sum(x: jax.Array, mask: jax.Array, axis=None) -> jax.Array:
     """Sum of `x * mask` over `axis` (all axes when None)."""
     _check_same_shape(x, mask, "masked_sum")
-    return jnp.sum(x * mask, axis=axis)
+    return jnp.sum(_zero_out(x, mask), axis=axis)
 
 
 def masked_mean(x: jax.Array, mask: jax.Array, axis=None) -> jax.Array:
     """Mean of `x` over positions where mask > 0; 0 where nothing is counted."""
     _check_same_shape(x, mask, "masked_mean")
-    return _safe_div(jnp.sum(x * mask, axis=axis), jnp.sum(mask, axis=axis))
+    return _safe_div(jnp.sum(_zero_out(x, mask), axis=axis), jnp.sum(mask, axis=axis))
 
 
 def masked_var(x: jax.Array, mask: jax.Array, unbiased: bool = True) -> jax.Array:
@@ -57,7 +62,7 @@ def masked_whiten(x: jax.Array, mask: jax.Array, shift_mean: bool = True, eps: f
     out = (x - mean) * jax.lax.rsqrt(var + eps)
     if not shift_mean:
         out = out + mean
-    return out * mask
+    return _zero_out(out, mask)
 
 
 def aggregate(loss_mat: jax.Array, mask: jax.Array, mode: str = "token-mean",
@@ -82,9 +87,9 @@ def aggregate(loss_mat: jax.Array, mask: jax.Array, mode: str = "token-mean",
     mask = mask.astype(loss_mat.dtype)
     if mode == "token-mean":
         den = jnp.sum(mask) if normalizer is None else normalizer
-        return _safe_div(jnp.sum(loss_mat * mask), den)
+        return _safe_div(jnp.sum(_zero_out(loss_mat, mask)), den)
     row_tokens = jnp.sum(mask, axis=-1)
-    row_sum = jnp.sum(loss_mat * mask, axis=-1)
+    row_sum = jnp.sum(_zero_out(loss_mat, mask), axis=-1)
     per_row = _safe_div(row_sum, row_tokens) if mode == "seq-mean-token-mean" else row_sum
     den = jnp.sum((row_tokens > 0).astype(loss_mat.dtype)) if normalizer is None else normalizer
     return _safe_div(jnp.sum(per_row), den)

@@ -46,7 +46,7 @@ def kl_penalty_in_reward(rewards: jax.Array, kl: jax.Array, coef, mask: jax.Arra
     if not (jnp.shape(rewards) == jnp.shape(kl) == jnp.shape(mask)):
         raise ValueError(f"kl_penalty_in_reward: rewards {jnp.shape(rewards)}, kl {jnp.shape(kl)} and mask "
                          f"{jnp.shape(mask)} must have the same [B, T] shape.")
-    return rewards - coef * jax.lax.stop_gradient(kl) * mask
+    return rewards - jnp.where(mask > 0, coef * jax.lax.stop_gradient(kl) * mask, 0.0)
 
 
 def kl_loss(logprobs: jax.Array, ref_logprobs: jax.Array, mask: jax.Array, kind: str = "low_var_kl",
@@ -55,6 +55,7 @@ def kl_loss(logprobs: jax.Array, ref_logprobs: jax.Array, mask: jax.Array, kind:
 
     Returns (loss scalar, {"kl": token-mean of the estimate}).
     """
-    kl = kl_estimate(logprobs, ref_logprobs, kind)
+    on = mask > 0  # select (not multiply) so NaN/inf at padding cannot reach values or gradients
+    kl = kl_estimate(jnp.where(on, logprobs, 0.0), jnp.where(on, ref_logprobs, 0.0), kind)
     loss = aggregate(kl, mask, aggregation)
     return loss, {"kl": jax.lax.stop_gradient(masked_mean(kl, mask.astype(jnp.float32)))}

@@ -109,10 +109,14 @@ def policy_loss(logprobs: jax.Array, old_logprobs: jax.Array, advantages: jax.Ar
     _check_same("policy_loss", logprobs=logprobs, old_logprobs=old_logprobs, advantages=advantages, mask=mask)
     _check_clip(clip_eps, clip_eps_high, dual_clip_c)
     eps_high = clip_eps if clip_eps_high is None else clip_eps_high
+    on = mask > 0
     mask = mask.astype(jnp.float32)
-    adv = jax.lax.stop_gradient(advantages.astype(jnp.float32))
-    log_ratio = jnp.clip(logprobs.astype(jnp.float32) - jax.lax.stop_gradient(old_logprobs.astype(jnp.float32)),
-                         -_LOG_RATIO_CLAMP, _LOG_RATIO_CLAMP)
+    # Select (not multiply) masked-out entries away first: NaN/inf padding then reaches neither the loss nor
+    # the gradient (a multiply by 0 in the backward pass would still give NaN).
+    lp = jnp.where(on, logprobs.astype(jnp.float32), 0.0)
+    old_lp = jnp.where(on, old_logprobs.astype(jnp.float32), 0.0)
+    adv = jax.lax.stop_gradient(jnp.where(on, advantages.astype(jnp.float32), 0.0))
+    log_ratio = jnp.clip(lp - jax.lax.stop_gradient(old_lp), -_LOG_RATIO_CLAMP, _LOG_RATIO_CLAMP)
     ratio = jnp.exp(log_ratio)
     loss_unclipped = -adv * ratio
     loss_clipped = -adv * jnp.clip(ratio, 1.0 - clip_eps, 1.0 + eps_high)
@@ -143,10 +147,11 @@ def value_loss(values: jax.Array, old_values: jax.Array, returns: jax.Array, mas
     _check_same("value_loss", values=values, old_values=old_values, returns=returns, mask=mask)
     if isinstance(value_clip, (int, float)) and not value_clip > 0:
         raise ValueError(f"value_clip must be > 0 or None (unclipped), got {value_clip}.")
+    on = mask > 0
     mask = mask.astype(jnp.float32)
-    v = values.astype(jnp.float32)
-    v_old = jax.lax.stop_gradient(old_values.astype(jnp.float32))
-    ret = jax.lax.stop_gradient(returns.astype(jnp.float32))
+    v = jnp.where(on, values.astype(jnp.float32), 0.0)
+    v_old = jax.lax.stop_gradient(jnp.where(on, old_values.astype(jnp.float32), 0.0))
+    ret = jax.lax.stop_gradient(jnp.where(on, returns.astype(jnp.float32), 0.0))
     err = jnp.square(v - ret)
     if value_clip is None:
         loss_mat = err
@@ -171,7 +176,8 @@ def value_loss(values: jax.Array, old_values: jax.Array, returns: jax.Array, mas
 def entropy_bonus(entropy: jax.Array, mask: jax.Array, aggregation: str = "token-mean") -> jax.Array:
     """Aggregated policy entropy [B, T] -> scalar; the combined loss subtracts entropy_coef times this."""
     _check_same("entropy_bonus", entropy=entropy, mask=mask)
-    return aggregate(entropy.astype(jnp.float32), mask.astype(jnp.float32), aggregation)
+    ent = jnp.where(mask > 0, entropy.astype(jnp.float32), 0.0)
+    return aggregate(ent, mask.astype(jnp.float32), aggregation)
 
 
 def ppo_loss(config: RLConfig, logprobs: jax.Array, old_logprobs: jax.Array, advantages: jax.Array,

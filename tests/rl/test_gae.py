@@ -59,12 +59,12 @@ def test_four_step_hand_computed():
 
 
 def test_masked_gaps_are_skipped():
-    # Steps at 0, 3, 4; positions 1, 2, 5 are environment tokens with junk values.
+    # Steps at 0, 3, 4; positions 1, 2, 5 are environment tokens with junk (NaN) values.
     # Compact episode: values [0.5, 0.6, 0.7], rewards [0, 0, 1], gamma=0.9, lam=0.8
     # delta2 = 0.3; delta1 = 0.63 - 0.6 = 0.03; delta0 = 0.54 - 0.5 = 0.04
     # A2 = 0.3; A1 = 0.03 + 0.72*0.3 = 0.246; A0 = 0.04 + 0.72*0.246 = 0.21712
     mask = jnp.array([[1.0, 0, 0, 1, 1, 0]])
-    values = jnp.array([[0.5, 9.0, 9.0, 0.6, 0.7, 9.0]])
+    values = jnp.array([[0.5, jnp.nan, jnp.nan, 0.6, 0.7, jnp.nan]])
     rewards = jnp.array([[0.0, 0, 0, 0, 1, 0]])
     want = [[0.21712, 0, 0, 0.246, 0.3, 0]]
     adv, ret = gae_jit(rewards, values, mask, 0.9, 0.8)

@@ -164,3 +164,34 @@ def test_ppo_loss_combines_parts():
     np.testing.assert_allclose(total_g, pg_tm + 0.01 * kl_tm, rtol=1e-5)
     with pytest.raises(ValueError, match="old_values and returns"):
         ppo_loss(cfg, lp, old, adv, mask, values=v)
+
+
+def test_nan_padding_does_not_leak_into_loss_or_grads():
+    # Padding positions often hold NaN/-inf log-probs; they must not poison the loss or the gradient.
+    mask = jnp.array([[1.0, 1.0, 0.0]])
+    lp = jnp.array([[-1.0, -2.0, jnp.nan]])
+    old = jnp.array([[-1.1, -1.9, -jnp.inf]])
+    ref = jnp.array([[-1.2, -2.1, jnp.nan]])
+    adv = jnp.array([[1.0, -1.0, jnp.nan]])
+    ent = jnp.array([[0.5, 0.7, jnp.nan]])
+    vals = jnp.array([[0.1, 0.2, jnp.nan]])
+    cfg = RLConfig(algorithm="ppo", entropy_coef=0.01, dual_clip_c=3.0)
+
+    @jax.jit
+    def loss_and_grads(lp, ent, vals):
+        def f(lp, ent, vals):
+            return ppo_loss(cfg, lp, old, adv, mask, entropy=ent, ref_logprobs=ref, values=vals,
+                            old_values=vals, returns=vals + 1.0)
+        (loss, met), grads = jax.value_and_grad(f, argnums=(0, 1, 2), has_aux=True)(lp, ent, vals)
+        return loss, met, grads
+
+    loss, met, grads = loss_and_grads(lp, ent, vals)
+    assert np.isfinite(float(loss))
+    assert all(np.isfinite(float(v)) for v in met.values())
+    for g in grads:
+        assert np.all(np.isfinite(np.asarray(g))) and float(g[0, 2]) == 0.0
+    # and the finite part equals the loss computed without the padding column
+    clean = jax.jit(ppo_loss, static_argnums=0)(
+        cfg, lp[:, :2], old[:, :2], adv[:, :2], mask[:, :2], entropy=ent[:, :2], ref_logprobs=ref[:, :2],
+        values=vals[:, :2], old_values=vals[:, :2], returns=vals[:, :2] + 1.0)[0]
+    np.testing.assert_allclose(loss, clean, rtol=1e-6)
