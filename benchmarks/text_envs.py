@@ -37,6 +37,14 @@ def _sokoban_text():
     return functools.partial(SokobanTextEnv)
 
 
+def _sciworld():
+    # admissible_actions are SciWorld's action templates ("focus on OBJ"), so the random actions here are
+    # mostly rejected by the parser; benchmarks/sciworld_step.py times real (gold-path) steps.
+    from envs.sciworld import SciWorldEnv
+
+    return functools.partial(SciWorldEnv, split="train", max_steps=50)
+
+
 def _debug():
     from envs.pool import _DebugEnv
 
@@ -47,6 +55,7 @@ def _debug():
 ENV_FACTORIES = {
     "alfworld": _alfworld,
     "sokoban_text": _sokoban_text,
+    "sciworld": _sciworld,
     "debug": _debug,  # pure pool overhead: a step costs microseconds
 }
 
