@@ -6,7 +6,9 @@ inventory text. That enumeration is almost all of its 46-240 ms per step; the si
 ~6-14 ms. The study's prompt needs only the action *templates* (fixed per simplification setting) and the
 admissible *objects*, so `SciWorldEnv.step` talks to the same Java `PythonInterface` directly (py4j) and
 asks only for the observation, score and completion flag; objects come from one cheap extra call when
-`include_objects=True`; the full combination list stays available via `valid_action_combinations()`.
+`include_objects=True` (`info["admissible_objects"]`; with it off, ask `env.admissible_objects()`, or
+`pool.call(ids, "admissible_objects")` through `envs.pool`, only when a prompt needs them); the full
+combination list stays available via `valid_action_combinations()`.
 
 Episodes: `reset(seed)` maps the seed deterministically to (task, variation): tasks are sorted by name,
 `task = tasks[seed % n_tasks]`, `variation = split_variations[(seed // n_tasks) % n_variations]`, where the
@@ -199,8 +201,15 @@ class SciWorldEnv(TextEnv):
         from py4j.java_gateway import GatewayParameters, JavaGateway, launch_gateway
         from scienceworld.constants import BASEPATH, JAR_PATH
 
-        port, proc = launch_gateway(classpath=JAR_PATH, die_on_exit=True, cwd=BASEPATH, return_proc=True,
-                                    javaopts=self._javaopts)
+        try:
+            port, proc = launch_gateway(classpath=JAR_PATH, die_on_exit=True, cwd=BASEPATH, return_proc=True,
+                                        javaopts=self._javaopts)
+        except FileNotFoundError as e:
+            raise RuntimeError("ScienceWorld needs a Java 11+ runtime on PATH (e.g. apt-get install "
+                               "openjdk-17-jre-headless)") from e
+        except ValueError as e:  # the JVM exited before printing its port, e.g. a bad java option
+            raise RuntimeError(f"the ScienceWorld JVM failed to start with options {self._javaopts}; check "
+                               f"jvm_memory / jvm_options / JAVA_TOOL_OPTIONS") from e
         self._proc = proc
         self._finalizer = weakref.finalize(self, _kill_jvm, proc, None)
         try:

@@ -11,6 +11,7 @@ import sys
 import textwrap
 import time
 
+import gin
 import psutil
 import pytest
 
@@ -91,6 +92,19 @@ def test_unknown_task_name_lists_the_valid_ones():
 def test_bad_arguments_raise_clear_errors(kwargs, match):
     with pytest.raises(ValueError, match=match):
         SciWorldEnv(**kwargs)
+
+
+def test_gin_selects_tasks_and_rejects_unknown_ones():
+    gin.clear_config()
+    try:
+        gin.parse_config("envs.sciworld.SciWorldEnv.task_names = ['boil', 'melt-the-sun']")
+        with pytest.raises(ValueError, match="melt-the-sun.*valid names.*'boil'"):
+            SciWorldEnv()
+        gin.parse_config("envs.sciworld.build_prompt.window = 1")
+        p = build_prompt("t", [("o1", "a1"), ("o2", "a2")], "o3", ["x"], step=2)
+        assert "'o2'" in p and "'o1'" not in p
+    finally:
+        gin.clear_config()
 
 
 def test_task_aliases_resolve_to_simulator_names():
@@ -251,86 +265,100 @@ def test_expert_actions_mid_episode_keeps_the_state(env):
     assert env.expert_actions() == gold  # cached for the episode
 
 
+@pytest.fixture(scope="module")
+def repro_env():
+    e = SciWorldEnv(task_names=["boil", "find-animal", "power-component"], reproducible_text=True)
+    yield e
+    e.close()
+
+
+@pytest.fixture(scope="module")
+def package_env():
+    """The package's own env; its JVM gets the same constant identity hashes via JAVA_TOOL_OPTIONS."""
+    old = os.environ.get("JAVA_TOOL_OPTIONS")
+    os.environ["JAVA_TOOL_OPTIONS"] = " ".join(("-Xmx256m",) + REPRODUCIBLE_TEXT_JVM_OPTIONS)
+    try:
+        pkg = scienceworld.ScienceWorldEnv("", envStepLimit=10_000)
+    finally:
+        if old is None:
+            del os.environ["JAVA_TOOL_OPTIONS"]
+        else:
+            os.environ["JAVA_TOOL_OPTIONS"] = old
+    yield pkg
+    pkg.close()
+
+
 @pytest.mark.java
 @pytest.mark.slow
 @pytest.mark.parametrize("task", ["boil", "power-component"])
-def test_fast_step_matches_package_step(task, monkeypatch):
+def test_fast_step_matches_package_step(repro_env, package_env, task):
     """Same actions → the same observations and scores as `scienceworld.ScienceWorldEnv.step`.
 
     Both JVMs run with constant identity hashes so that object listings come in the same order (see
-    `REPRODUCIBLE_TEXT_JVM_OPTIONS`); the package's JVM gets them through JAVA_TOOL_OPTIONS.
+    `REPRODUCIBLE_TEXT_JVM_OPTIONS`), so the texts must match byte for byte.
     """
-    monkeypatch.setenv("JAVA_TOOL_OPTIONS", " ".join(("-Xmx256m",) + REPRODUCIBLE_TEXT_JVM_OPTIONS))
-    env = SciWorldEnv(task_names=[task], reproducible_text=True)
-    pkg = scienceworld.ScienceWorldEnv("", envStepLimit=10_000)
-    try:
-        variation = env.variations(task)[1]
-        env.load(task, variation)
-        gold = env.expert_actions()
-        # off-path actions too: an unknown action, an inventory, a look
-        actions = gold[:4] + ["fly to the moon", "inventory", "look around"] + gold[4:]
-        pkg.load(task, variation, "")
-        pkg_obs, pkg_info = pkg.reset()
-        first = env.load(task, variation)
-        assert first.observation == pkg_obs.strip() + "\n" + pkg_info["inv"].strip()
-        assert first.task in pkg_info["taskDesc"]
-        for a in actions:
-            o, _, done, info = pkg.step(a)
-            ts = env.step(a)
-            assert ts.observation == o, a
-            assert ts.info["score"] == info["score"], a
-            if ts.done:
-                break
-        assert ts.success and done
-        # the lazy lists are the package's lists
-        assert list(ts.info["admissible_objects"]) == pkg.get_possible_objects()
-        assert env.valid_action_combinations() == info["valid"]
-    finally:
-        pkg.close()
-        env.close()
+    env, pkg = repro_env, package_env
+    variation = env.variations(task)[1]
+    env.load(task, variation)
+    gold = env.expert_actions()
+    # off-path actions too: an unknown action, an inventory, a look
+    actions = gold[:4] + ["fly to the moon", "inventory", "look around"] + gold[4:]
+    pkg.load(task, variation, "")
+    pkg_obs, pkg_info = pkg.reset()
+    first = env.load(task, variation)
+    assert first.observation == pkg_obs.strip() + "\n" + pkg_info["inv"].strip()
+    assert first.task in pkg_info["taskDesc"]
+    for a in actions:
+        o, _, done, info = pkg.step(a)
+        ts = env.step(a)
+        assert ts.observation == o, a
+        assert ts.info["score"] == info["score"], a
+        if ts.done:
+            break
+    assert ts.success and done
+    # the lazy lists are the package's lists
+    assert list(ts.info["admissible_objects"]) == pkg.get_possible_objects()
+    assert env.valid_action_combinations() == info["valid"]
 
 
 @pytest.mark.java
-def test_listing_order_is_reproducible_on_request():
-    """Same seed, different JVM history: same text with `reproducible_text` (the default may reorder)."""
-    env = SciWorldEnv(task_names=["boil", "find-animal"], include_objects=False, reproducible_text=True)
-    try:
-        first = env.reset(0)
-        for seed in (1, 3):  # other episodes in between
-            env.reset(seed)
-            env.step("look around")
-        assert env.reset(0) == first
-    finally:
-        env.close()
+def test_listing_order_is_reproducible_on_request(repro_env):
+    """Same seed, different JVM history: byte-identical text with `reproducible_text`."""
+    env = repro_env
+    first = env.reset(0)
+    for seed in (1, 2):  # other episodes in between
+        env.reset(seed)
+        env.step("look around")
+    assert env.reset(0) == first
 
 
 @pytest.mark.java
-def test_variation_splits_follow_the_package():
+def test_dev_split_variations_and_close_kills_the_jvm():
     dev = SciWorldEnv(task_names=["find-animal", "boil"], split="dev", include_objects=False)
+    pid = dev.jvm_pid
     try:
+        assert _alive(pid)
+        # the heap bound is on the JVM's command line
+        assert "-Xmx256m" in psutil.Process(pid).cmdline()
+        # the package's dev lists: find-animal 150..224, boil 14..20 (train starts at 0 for both)
         assert dev.variations("find-animal") == tuple(range(150, 225))
         assert dev.variations("boil") == tuple(range(14, 21))
         ts = dev.reset(1)  # sorted tasks: boil=0, find-animal=1
         assert ts.info["task_name"] == "find-animal" and ts.info["variation"] == 150
         assert "admissible_objects" not in ts.info
-        # the heap bound is on the JVM's command line
-        assert "-Xmx256m" in psutil.Process(dev.jvm_pid).cmdline()
     finally:
         dev.close()
+    assert _wait_gone(pid, 10)
+    assert dev.jvm_pid is None
+    dev.close()  # idempotent
+    with pytest.raises(RuntimeError, match="reset"):
+        dev.step("look around")
 
 
 @pytest.mark.java
-def test_close_kills_the_jvm():
-    e = SciWorldEnv(task_names=["find-animal"])
-    pid = e.jvm_pid
-    assert _alive(pid)
-    e.reset(0)
-    e.close()
-    assert _wait_gone(pid, 10)
-    assert e.jvm_pid is None
-    e.close()  # idempotent
-    with pytest.raises(RuntimeError, match="reset"):
-        e.step("look around")
+def test_bad_jvm_option_gives_a_clear_error():
+    with pytest.raises(RuntimeError, match="JVM failed to start.*jvm_memory"):
+        SciWorldEnv(jvm_memory="lots")
 
 
 @pytest.mark.java
