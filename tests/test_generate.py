@@ -1,0 +1,238 @@
+"""Generation on a small random model: cache vs recompute, continuation, sampling, stops, compile counts."""
+import dataclasses
+
+import gin
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from agentrl_jax.generate import (GenerationConfig, bucket_length, continue_generation, filter_logits, generate,
+                                  generate_fn, pad_batch, trace_count, unpad)
+from agentrl_jax.models import ModelConfig, random_model
+
+V = 96
+
+
+@pytest.fixture(scope="module")
+def model():
+    cfg = ModelConfig(vocab_size=V, hidden_size=48, intermediate_size=80, num_layers=2, num_heads=4, num_kv_heads=2,
+                      qkv_bias=True)
+    return random_model(cfg, seed=0, std=0.2, norm_std=0.2, bias_std=0.2)
+
+
+@nnx.jit
+def _logits(model, ids, mask):
+    return model.forward(ids, attention_mask=mask)[0]
+
+
+def prompts(seed=0, lengths=(5, 9, 3)):
+    rs = np.random.RandomState(seed)
+    return [rs.randint(3, V, n).tolist() for n in lengths]
+
+
+def teacher_forced(model, seqs, total=32):
+    """log-softmax over the whole of each (unpadded) sequence in one forward; right padding keeps positions."""
+    ids, mask = pad_batch(seqs, length=total, side="right")
+    return np.asarray(jax.nn.log_softmax(_logits(model, jnp.asarray(ids), jnp.asarray(mask)), axis=-1))
+
+
+GREEDY = GenerationConfig(max_new_tokens=10, temperature=0.0)
+
+
+@pytest.fixture(scope="module")
+def greedy_run(model):
+    ps = prompts()
+    ids, mask = pad_batch(ps)
+    return ps, generate(model, ids, mask, config=GREEDY)
+
+
+def test_cached_greedy_equals_full_recompute_argmax(model, greedy_run):
+    ps, res = greedy_run
+    assert res.tokens.shape == (3, 10) and res.tokens.dtype == jnp.int32
+    np.testing.assert_array_equal(res.lengths, 10)
+    assert not np.asarray(res.stopped).any()
+    outs = unpad(res)
+    logp = teacher_forced(model, [p + o for p, o in zip(ps, outs)])
+    for i, (p, o) in enumerate(zip(ps, outs)):
+        steps = logp[i, len(p) - 1: len(p) + len(o) - 1]
+        np.testing.assert_array_equal(steps.argmax(-1), o)
+        # Greedy logprobs are those of the temperature-1 distribution at the chosen tokens.
+        np.testing.assert_allclose(res.logprobs[i], steps[np.arange(len(o)), o], rtol=1e-4, atol=1e-4)
+    assert len({tuple(o) for o in outs}) == 3  # the rows really differ
+
+
+def test_sampled_logprobs_equal_log_softmax_of_a_forward(model):
+    ps = prompts(1)
+    ids, mask = pad_batch(ps)
+    cfg = GenerationConfig(max_new_tokens=8, temperature=1.0)
+    res = generate(model, ids, mask, key=jax.random.key(3), config=cfg)
+    outs = unpad(res)
+    logp = teacher_forced(model, [p + o for p, o in zip(ps, outs)])
+    for i, (p, o) in enumerate(zip(ps, outs)):
+        expect = logp[i, np.arange(len(p) - 1, len(p) + len(o) - 1), o]
+        np.testing.assert_allclose(res.logprobs[i], expect, rtol=1e-4, atol=1e-4)
+    # Same key, same samples; another key, other samples.
+    again = generate(model, ids, mask, key=jax.random.key(3), config=cfg)
+    np.testing.assert_array_equal(again.tokens, res.tokens)
+    other = generate(model, ids, mask, key=jax.random.key(4), config=cfg)
+    assert not np.array_equal(other.tokens, res.tokens)
+
+
+def test_top_k_one_equals_greedy(model, greedy_run):
+    _, res = greedy_run
+    ids, mask = pad_batch(prompts())
+    topk = generate(model, ids, mask, key=jax.random.key(0),
+                    config=GenerationConfig(max_new_tokens=10, temperature=0.7, top_k=1))
+    np.testing.assert_array_equal(topk.tokens, res.tokens)
+    np.testing.assert_allclose(topk.logprobs, 0.0, atol=1e-6)  # the filtered distribution is one-hot
+
+
+def test_filter_logits_top_k_top_p_temperature():
+    logits = jnp.log(jnp.array([[0.5, 0.2, 0.15, 0.1, 0.05]]))
+    keep = lambda x: np.isfinite(np.asarray(x))[0].tolist()  # noqa: E731
+    assert keep(filter_logits(logits, 1.0, top_k=2)) == [True, True, False, False, False]
+    assert keep(filter_logits(logits, 1.0, top_p=0.5)) == [True, False, False, False, False]
+    assert keep(filter_logits(logits, 1.0, top_p=0.6)) == [True, True, False, False, False]
+    assert keep(filter_logits(logits, 1.0, top_p=0.86)) == [True, True, True, True, False]
+    np.testing.assert_allclose(filter_logits(logits, 0.5), logits * 2, rtol=1e-6)
+    probs = jax.nn.softmax(filter_logits(logits, 1.0, top_p=0.6))
+    np.testing.assert_allclose(probs[0, :2], [0.5 / 0.7, 0.2 / 0.7], rtol=1e-5)
+
+
+def test_stop_ids_end_rows_and_the_loop_exits_early(model, greedy_run):
+    ps, res = greedy_run
+    outs = unpad(res)
+    stop = outs[0][3]
+    first = [o.index(stop) if stop in o else None for o in outs]
+    ids, mask = pad_batch(ps)
+    cfg = dataclasses.replace(GREEDY, stop_ids=(stop, V + 5), pad_id=1)
+    stopped = generate(model, ids, mask, config=cfg)
+    for i, o in enumerate(outs):
+        n = 10 if first[i] is None else first[i] + 1
+        assert int(stopped.lengths[i]) == n
+        assert bool(stopped.stopped[i]) == (first[i] is not None)
+        np.testing.assert_array_equal(stopped.tokens[i, :n], o[:n])
+        np.testing.assert_array_equal(stopped.tokens[i, n:], 1)  # pad_id after the stop
+        np.testing.assert_array_equal(stopped.logprobs[i, n:], 0.0)
+    # All rows stopping early ends the loop early: fewer slots are used than prompt + max_new_tokens.
+    if all(f is not None for f in first):
+        assert int(stopped.cache.index) == ids.shape[1] + max(f + 1 for f in first)
+    else:
+        assert int(stopped.cache.index) == ids.shape[1] + 10
+    # The stop token itself is in the cache (counted in lengths), nothing after it.
+    np.testing.assert_array_equal(stopped.cache.lengths, [len(p) + int(n) for p, n in zip(ps, stopped.lengths)])
+
+
+def test_loop_stops_when_every_row_is_done(model):
+    ids, mask = pad_batch(prompts())
+    res = generate(model, ids, mask, config=dataclasses.replace(GREEDY, stop_ids=tuple(range(V))))
+    np.testing.assert_array_equal(res.lengths, 1)
+    assert int(res.cache.index) == ids.shape[1] + 1
+
+
+@pytest.mark.slow
+def test_continuation_equals_fresh_prefill_of_the_history(model):
+    ps = prompts(2)
+    cfg = GenerationConfig(max_new_tokens=6, temperature=0.0)
+    ids, mask = pad_batch(ps, length=16)
+    turn1 = generate(model, ids, mask, config=cfg, cache_length=64)
+    obs = prompts(3, lengths=(4, 2, 7))
+    cids, cmask = pad_batch(obs, length=16)
+    turn2 = continue_generation(model, cids, cmask, turn1.cache, config=cfg)
+    history = [p + o + c for p, o, c in zip(ps, unpad(turn1), obs)]
+    fids, fmask = pad_batch(history, length=32)
+    fresh = generate(model, fids, fmask, config=cfg)
+    np.testing.assert_array_equal(turn2.tokens, fresh.tokens)
+    np.testing.assert_allclose(turn2.logprobs, fresh.logprobs, rtol=1e-4, atol=1e-4)
+    np.testing.assert_array_equal(turn2.cache.lengths, [len(h) + 6 for h in history])
+
+
+@pytest.mark.slow
+def test_one_compile_per_bucket_across_turns(model):
+    cfg = GenerationConfig(max_new_tokens=4, temperature=0.0, stop_ids=(7,))
+    ids, mask = pad_batch(prompts(4, lengths=(3, 11, 6)), length=16)
+    before = trace_count()
+    res = generate(model, ids, mask, config=cfg, cache_length=128)
+    for turn in range(3):
+        obs = prompts(5 + turn, lengths=(2 + turn, 9, 5 - turn))
+        cids, cmask = pad_batch(obs, min_size=16)
+        res = continue_generation(model, cids, cmask, res.cache, config=cfg)
+    assert trace_count() - before == 1
+    # A new bucket is a new program.
+    cids, cmask = pad_batch(prompts(9, lengths=(20, 3, 4)))
+    assert cids.shape[1] == 32
+    continue_generation(model, cids, cmask, res.cache, config=cfg)
+    assert trace_count() - before == 2
+
+
+@pytest.mark.slow
+def test_generate_fn_inside_jit_and_scan_matches_python_turns(model):
+    """The pure core runs inside a jitted lax.scan over turns (as the on-device episode does)."""
+    cfg = GenerationConfig(max_new_tokens=4, temperature=1.0, top_p=0.9, stop_ids=(5,))
+    graphdef, state = nnx.split(model)
+    chunks = [pad_batch(prompts(10 + t, lengths=(3, 4)), length=8) for t in range(3)]
+    chunk_ids = jnp.stack([jnp.asarray(c[0]) for c in chunks])
+    chunk_mask = jnp.stack([jnp.asarray(c[1]) for c in chunks])
+    keys = jax.random.split(jax.random.key(0), 3)
+
+    @jax.jit
+    def episode(state, cache):
+        def turn(cache, xs):
+            ids, m, key = xs
+            r = generate_fn(graphdef, state, ids, m, cache, key, cfg)
+            return r.cache, (r.tokens, r.logprobs, r.lengths)
+        return jax.lax.scan(turn, cache, (chunk_ids, chunk_mask, keys))
+
+    cache, (tokens, logprobs, lengths) = episode(state, model.init_cache(2, 64))
+    ref_cache = model.init_cache(2, 64)
+    for t in range(3):
+        r = generate(model, chunk_ids[t], chunk_mask[t], cache=ref_cache, key=keys[t], config=cfg)
+        ref_cache = r.cache
+        np.testing.assert_array_equal(tokens[t], r.tokens)
+        np.testing.assert_allclose(logprobs[t], r.logprobs, rtol=1e-5, atol=1e-5)
+        np.testing.assert_array_equal(lengths[t], r.lengths)
+    np.testing.assert_array_equal(cache.lengths, ref_cache.lengths)
+
+
+def test_generation_errors_are_clear(model):
+    ids, mask = pad_batch(prompts())
+    with pytest.raises(ValueError, match="KV cache too short.*init_cache"):
+        generate(model, ids, mask, config=GREEDY, cache=model.init_cache(3, 20))
+    with pytest.raises(ValueError, match="needs a PRNG key"):
+        generate(model, ids, mask, config=GenerationConfig(temperature=1.0))
+    with pytest.raises(ValueError, match="cache batch size 2"):
+        generate(model, ids, mask, config=GREEDY, cache=model.init_cache(2, 64))
+    with pytest.raises(ValueError, match="prompt_mask shape"):
+        generate(model, ids, mask[:, 1:], config=GREEDY)
+    with pytest.raises(ValueError, match="needs the cache"):
+        continue_generation(model, ids, mask, None, config=GREEDY)
+    for bad, match in [(dict(temperature=-1), "temperature"), (dict(top_p=0.0), "top_p"),
+                       (dict(top_k=-2), "top_k"), (dict(max_new_tokens=0), "max_new_tokens")]:
+        with pytest.raises(ValueError, match=match):
+            GenerationConfig(**bad)
+
+
+def test_bucketing_helpers():
+    assert [bucket_length(n) for n in (0, 1, 16, 17, 100)] == [16, 16, 16, 32, 128]
+    assert [bucket_length(n, multiple=64) for n in (0, 1, 64, 65)] == [64, 64, 64, 128]
+    ids, mask = pad_batch([[5, 6], [7], []], pad_id=9, length=4)
+    np.testing.assert_array_equal(ids, [[9, 9, 5, 6], [9, 9, 9, 7], [9, 9, 9, 9]])
+    np.testing.assert_array_equal(mask, [[0, 0, 1, 1], [0, 0, 0, 1], [0, 0, 0, 0]])
+    ids, mask = pad_batch([[5, 6], [7]], side="right", min_size=4)
+    np.testing.assert_array_equal(ids, [[5, 6, 0, 0], [7, 0, 0, 0]])
+    with pytest.raises(ValueError, match="does not fit"):
+        pad_batch([[1, 2, 3]], length=2)
+    assert GenerationConfig(stop_ids=3).stop_ids == (3,)
+
+
+def test_generation_config_is_gin_configurable():
+    with gin.unlock_config():
+        gin.parse_config("GenerationConfig.temperature = 0.25\nGenerationConfig.stop_ids = [2, 0]")
+    try:
+        cfg = GenerationConfig()
+        assert cfg.temperature == 0.25 and cfg.stop_ids == (2, 0)
+        hash(cfg)
+    finally:
+        gin.clear_config()
