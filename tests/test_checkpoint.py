@@ -11,7 +11,7 @@ import pytest
 from flax import nnx
 
 from agentrl_jax import checkpoint, optim, sharding
-from helpers.standin import StandinLM
+from helpers.standin import StandinLM, tiny_causal_lm
 
 HELPERS = os.path.join(os.path.dirname(__file__), "helpers")
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -21,9 +21,9 @@ def _factory(seed=0):
     return lambda: StandinLM(vocab=64, hidden=32, mlp=64, layers=1, rngs=nnx.Rngs(seed))
 
 
-def _state(mesh, seed=0):
+def _state(mesh, seed=0, factory=_factory):
     tx = optim.make_optimizer(learning_rate=1e-3)
-    _, params, opt_state, sh = sharding.create_sharded(_factory(seed), tx, mesh)
+    _, params, opt_state, sh = sharding.create_sharded(factory(seed), tx, mesh)
     state = {"params": params, "opt_state": opt_state, "rng": jax.random.key(seed)}
     abstract = {
         "params": sharding.abstract_with_shardings(params, sh.params),
@@ -38,14 +38,15 @@ def _np(tree):
 
 
 def test_save_on_one_mesh_restore_on_another(tmp_path):
-    state, _ = _state(sharding.make_mesh(8, 1, 1), seed=0)
+    """The real CausalLM (tiny config), saved from (8,1,1) and restored onto (2,4,1)."""
+    state, _ = _state(sharding.make_mesh(8, 1, 1), seed=0, factory=tiny_causal_lm)
     ck = checkpoint.Checkpointer(tmp_path / "ck", save_every=5, keep=2)
     assert not ck.maybe_save(3, state)  # not due
     assert ck.maybe_save(5, state, extra_json={"cursor": 17, "env_seeds": [1, 2]}, gin_config="a.b = 1\n")
     ck.close()
 
     mesh2 = sharding.make_mesh(2, 4, 1)
-    _, abstract = _state(mesh2, seed=1)  # different values on purpose: they must be overwritten
+    _, abstract = _state(mesh2, seed=1, factory=tiny_causal_lm)  # different values on purpose: they must be overwritten
     ck2 = checkpoint.Checkpointer(tmp_path / "ck", save_every=5, keep=2)
     step, restored, extra = ck2.restore_latest(abstract)
     assert step == 5 and extra == {"cursor": 17, "env_seeds": [1, 2]}
@@ -55,7 +56,7 @@ def test_save_on_one_mesh_restore_on_another(tmp_path):
     # PRNG key comes back typed and equal
     assert jax.dtypes.issubdtype(restored["rng"].dtype, jax.dtypes.prng_key)
     np.testing.assert_array_equal(jax.random.key_data(restored["rng"]), jax.random.key_data(state["rng"]))
-    kernel = restored["params"]["blocks"][0]["up"]["kernel"].get_value()
+    kernel = restored["params"]["layers"][0]["mlp"]["up_proj"]["kernel"].get_value()
     assert kernel.sharding.mesh.shape == mesh2.shape and kernel.sharding.spec == jax.sharding.PartitionSpec("fsdp", None)
     ck2.close()
 

@@ -8,7 +8,7 @@ from jax.sharding import PartitionSpec as P
 
 from agentrl_jax import optim, sharding
 from agentrl_jax.partitioning import DEFAULT_RULES
-from helpers.standin import StandinLM, lm_loss, make_batch
+from helpers.standin import StandinLM, lm_loss, make_batch, tiny_causal_lm
 
 TOL = dict(rtol=1e-5, atol=1e-5)  # fp32, different reduction orders across meshes
 
@@ -52,6 +52,20 @@ def test_logical_rules_override_merges_by_name():
         sharding.logical_rules(["vocab"])
 
 
+def test_causal_lm_params_are_sharded_by_their_logical_names():
+    mesh = sharding.make_mesh(1, 2, 4)
+    tx = optim.make_optimizer(learning_rate=1e-3)
+    _, params, _, _ = sharding.create_sharded(tiny_causal_lm(), tx, mesh)
+    specs = {jax.tree_util.keystr(p): x.sharding.spec for p, x in jax.tree_util.tree_leaves_with_path(params)}
+    layer0 = "['layers'][0]"
+    assert specs["['embed_tokens']['embedding'].value"] == P("tensor", "fsdp")  # (vocab, embed)
+    assert specs[layer0 + "['attn']['q_proj']['kernel'].value"] == P("fsdp", "tensor", None)  # 4 heads / 4
+    # 2 kv heads cannot be split 4 ways: that dim is replicated rather than failing to compile
+    assert specs[layer0 + "['attn']['k_proj']['kernel'].value"] == P("fsdp", None, None)
+    assert specs[layer0 + "['mlp']['down_proj']['kernel'].value"] == P("tensor", "fsdp")
+    assert specs["['norm']['scale'].value"] == P("fsdp")
+
+
 def test_params_are_created_sharded_on_fsdp():
     mesh = sharding.make_mesh(1, 8, 1)
     tx = optim.make_optimizer(learning_rate=1e-3)
@@ -81,7 +95,7 @@ def test_tensor_axis_and_indivisible_dims_are_replicated():
 
 def _run(mesh, steps=2, accum=1):
     tx = optim.make_optimizer(learning_rate=1e-3, weight_decay=0.01)
-    graphdef, params, opt_state, sh = sharding.create_sharded(_factory, tx, mesh)
+    graphdef, params, opt_state, sh = sharding.create_sharded(tiny_causal_lm(), tx, mesh)
     step = sharding.make_train_step(lm_loss, tx, mesh, sh, graphdef, accum_steps=accum)
     losses = []
     for i in range(steps):
@@ -92,6 +106,7 @@ def _run(mesh, steps=2, accum=1):
 
 @pytest.mark.slow
 def test_same_loss_and_params_on_every_mesh():
+    """The real CausalLM (tiny config): 2 steps on 1 device vs. (8,1,1), (1,8,1), (2,2,2)."""
     ref_losses, ref_params, _ = _run(sharding.make_mesh(devices=jax.devices()[:1]))
     assert ref_losses[1] < ref_losses[0]  # it trains
     for shape in [(8, 1, 1), (1, 8, 1), (2, 2, 2)]:

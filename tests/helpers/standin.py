@@ -67,3 +67,19 @@ def make_batch(seed: int, step: int, batch: int = 16, length: int = 9, vocab: in
     noise = rng.random(ids.shape) < 0.1
     ids = np.where(noise, rng.integers(0, vocab, size=ids.shape), ids)
     return {"ids": ids.astype(np.int32)}
+
+
+# ------------------------------------------------------------------------------ the real model, tiny
+def tiny_causal_lm_config(vocab: int = 64):
+    from agentrl_jax.models import ModelConfig
+
+    # 4 query heads / 2 kv heads: kv_heads is indivisible by tensor=8 and must fall back to replication.
+    return ModelConfig(vocab_size=vocab, hidden_size=32, intermediate_size=64, num_layers=2, num_heads=4,
+                       num_kv_heads=2, head_dim=8, rope_theta=10000.0, rms_norm_eps=1e-6, tie_word_embeddings=True)
+
+
+def tiny_causal_lm(seed: int = 0, vocab: int = 64):
+    from agentrl_jax.models import CausalLM
+
+    cfg = tiny_causal_lm_config(vocab)
+    return lambda: CausalLM(cfg, rngs=nnx.Rngs(seed))
