@@ -1,0 +1,87 @@
+"""The trainable policy: a causal LM with an optional value head on its trunk (the PPO critic).
+
+`Policy` is an NNX module holding `lm` (a `CausalLM`) and `value_head` (a `ValueHead` or None), so one
+parameter tree, one optimizer and one checkpoint cover both. `response_outputs` is the single forward used
+by every loss: it scores the response tokens of (prompt, response) samples without computing logits over
+the prompt.
+"""
+from __future__ import annotations
+
+import os
+from typing import Optional, Tuple
+
+import gin
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from agentrl_jax.models import CausalLM, ValueHead, load_pretrained
+from agentrl_jax.models.tiny import ensure_tiny_folder
+from agentrl_jax.rl import token_logprobs_and_entropy
+
+TINY = "tiny"
+
+
+class Policy(nnx.Module):
+    def __init__(self, lm: CausalLM, value_head: Optional[ValueHead] = None):
+        self.lm = lm
+        self.value_head = value_head
+
+    @property
+    def cfg(self):
+        return self.lm.cfg
+
+    # The LM interface, so generation (`agentrl_jax.generate`) runs on a Policy as on a CausalLM.
+    def forward(self, *args, **kwargs):
+        return self.lm.forward(*args, **kwargs)
+
+    def logits(self, hidden):
+        return self.lm.logits(hidden)
+
+    def init_cache(self, batch_size: int, max_length: int, dtype=None):
+        return self.lm.init_cache(batch_size, max_length, dtype)
+
+
+def resolve_model_path(model_path: str) -> str:
+    """`"tiny"` → the locally built tiny model folder; anything else must be a local HF folder."""
+    if model_path == TINY:
+        return str(ensure_tiny_folder())
+    if not os.path.isdir(model_path):
+        raise FileNotFoundError(
+            f"model_path {model_path!r} is not a folder. Point train.model_path (gin macro MODEL_PATH) at a local "
+            "Hugging Face folder (config.json + *.safetensors + tokenizer files), or use 'tiny'. For SmolLM2 run "
+            "`python scripts/fetch_smollm2.py` first.")
+    return model_path
+
+
+@gin.configurable(denylist=["model_path", "mesh"])
+def load_policy(model_path: str, with_value_head: bool = False, dtype: Optional[str] = None,
+                param_dtype: Optional[str] = None, remat: bool = False, value_seed: int = 0, mesh=None):
+    """Load (policy, tokenizer) from a folder (or "tiny"), placed on `mesh` if given."""
+    folder = resolve_model_path(model_path)
+    overrides = {"remat": True} if remat else {}
+    lm, tokenizer = load_pretrained(folder, dtype=dtype, param_dtype=param_dtype, mesh=mesh, **overrides)
+    head = ValueHead(lm.cfg.hidden_size, rngs=nnx.Rngs(value_seed)) if with_value_head else None
+    return Policy(lm, head), tokenizer
+
+
+def response_outputs(policy: Policy, ids: jax.Array, attention_mask: jax.Array, prompt_len: int,
+                     temperature: float = 1.0, with_values: bool = False
+                     ) -> Tuple[jax.Array, jax.Array, Optional[jax.Array]]:
+    """Score the response part of packed samples.
+
+    ids/attention_mask int32 [B, P + N]: a right-aligned prompt of P slots followed by N response slots.
+    Returns (logprobs [B, N], entropy [B, N]) of the response tokens under logits / temperature, and the
+    critic's value of the state (hidden at the last prompt token) [B] when `with_values`.
+    """
+    _, hidden, _ = policy.lm.forward(ids, attention_mask=attention_mask, return_logits=False)
+    n = ids.shape[1] - prompt_len
+    h = hidden[:, prompt_len - 1: prompt_len - 1 + n]
+    logits = policy.lm.logits(h)
+    lp, ent = token_logprobs_and_entropy(logits, ids[:, prompt_len:], temperature)
+    values = None
+    if with_values:
+        if policy.value_head is None:
+            raise ValueError("PPO needs a critic: set load_policy.with_value_head = True (gin) for algorithm='ppo'.")
+        values = policy.value_head(hidden[:, prompt_len - 1])
+    return lp, ent, values

@@ -1,0 +1,290 @@
+"""Multi-turn rollouts: observation → prompt ids → generation → parsed action → env step, until done.
+
+Two drivers produce the same `StepBatch` (window mode, the study's: every step is its own state→action
+training sample with a freshly built prompt):
+
+* `sokoban_device_rollout`: the whole batch of JAX-Sokoban episodes is ONE compiled program (design
+  principle 2): prompt assembly from pre-tokenized pieces, KV-cache generation, parsing the action from ids
+  and the env step all run in a `lax.while_loop` over turns; no host round trip per turn. The loop exits as
+  soon as every episode is done, and finished episodes' rows are masked out of generation.
+* `host_rollout`: a Python loop for text environments (an `envs.pool.EnvPool`, or the Sokoban env stepped
+  from the host for comparison). Prompts are tokenized on the host, generation is the same jitted program,
+  finished episodes are compacted away so they stop costing generation compute.
+
+Answers that do not parse get `invalid_penalty` (the study: -0.1) and do not step the env; the turn still
+counts toward the step limit.
+"""
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Any, Callable, Dict, List, Optional, Protocol, Sequence, Tuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx, struct
+
+import envs.sokoban as sk
+from agentrl_jax import generate as gen
+from agentrl_jax.models.decoder import init_cache
+from agentrl_jax.sokoban_prompt import SokobanPrompter
+
+
+@struct.dataclass
+class StepBatch:
+    """One training sample per (episode, turn). Leading dims [E, T] (episodes, turns).
+
+    prompt_ids/prompt_mask: int32 [E, T, P], right-aligned (left padding).
+    response_ids/response_mask: int32 [E, T, N]; the mask covers exactly the generated tokens (stop included).
+    logprobs: float32 [E, T, N], log-probabilities of the sampling distribution at the generated tokens.
+    reward: float32 [E, T] env reward of the turn plus the invalid-answer penalty.
+    valid: bool [E, T], the turn happened (episodes end at different turns).
+    invalid: bool [E, T], the answer did not parse (env not stepped).
+    prompt_truncated / response_truncated: bool [E, T], the prompt was cut from the left / no stop token.
+    """
+
+    prompt_ids: Any
+    prompt_mask: Any
+    response_ids: Any
+    response_mask: Any
+    logprobs: Any
+    reward: Any
+    valid: Any
+    invalid: Any
+    prompt_truncated: Any
+    response_truncated: Any
+    action: Any  # int32 [E, T] env action id (Sokoban) or -1; text envs keep -1
+
+
+@struct.dataclass
+class EpisodeStats:
+    """Per-episode outcome: return (sum of rewards), success, length (turns), truncated (hit the limit)."""
+
+    episode_return: Any
+    success: Any
+    length: Any
+    truncated: Any
+
+
+# ------------------------------------------------------------------------------------------- on device
+def sokoban_device_rollout(graphdef, params, env: sk.Sokoban, prompter: SokobanPrompter,
+                           config: gen.GenerationConfig, level_keys: jax.Array, key: jax.Array,
+                           invalid_penalty: float = -0.1, max_turns: Optional[int] = None
+                           ) -> Tuple[StepBatch, EpisodeStats]:
+    """Play one batch of Sokoban episodes entirely on device (jit this; `graphdef`, `env`, `prompter`,
+    `config` static). level_keys [E]: one PRNG key per episode (equal keys = equal levels, for GRPO groups).
+    """
+    e = level_keys.shape[0]
+    t_max = int(max_turns or env.max_steps)
+    p, n = prompter.max_prompt_tokens, config.max_new_tokens
+    states, _ = jax.vmap(env.reset)(level_keys)
+
+    def buf(shape, dtype, fill=0):
+        return jnp.full((e, t_max) + shape, fill, dtype)
+
+    batch = StepBatch(
+        prompt_ids=buf((p,), jnp.int32), prompt_mask=buf((p,), jnp.int32),
+        response_ids=buf((n,), jnp.int32, config.pad_id), response_mask=buf((n,), jnp.int32),
+        logprobs=buf((n,), jnp.float32), reward=buf((), jnp.float32), valid=buf((), bool),
+        invalid=buf((), bool), prompt_truncated=buf((), bool), response_truncated=buf((), bool),
+        action=buf((), jnp.int32, -1),
+    )
+    done0 = states.done
+
+    def cond(carry):
+        t, _, _, _, done, _, _ = carry
+        return (t < t_max) & ~jnp.all(done)
+
+    def body(carry):
+        t, state, prev_state, prev_action, done, batch, ret = carry
+        active = ~done
+        ids, mask, total = jax.vmap(prompter.device_prompt, in_axes=(0, 0, 0, None))(state, prev_state,
+                                                                                      prev_action, t)
+        mask = mask * active[:, None].astype(jnp.int32)  # finished rows generate nothing
+        cache = _policy_cache(graphdef, params, e, p + n)
+        res = gen.generate_fn(graphdef, params, ids, mask, cache, jax.random.fold_in(key, t), config,
+                              active=active)
+        action = jax.vmap(prompter.parse_response)(res.tokens, res.lengths, res.stopped)
+        bad = active & (action < 0)
+        new_state, ts = jax.vmap(env.step)(state, jnp.where(action < 0, 0, action))
+        stepped = active & ~bad
+        state_next = jax.tree.map(lambda a, b: jnp.where(_bcast(stepped, a), a, b), new_state, state)
+        reward = jnp.where(stepped, ts.reward, 0.0) + jnp.where(bad, invalid_penalty, 0.0)
+        done_next = done | (active & (state_next.done | (t + 1 >= t_max)))
+        resp_mask = (jnp.arange(n)[None, :] < res.lengths[:, None]) & active[:, None]
+        row = dict(
+            prompt_ids=ids, prompt_mask=mask, response_ids=res.tokens, response_mask=resp_mask.astype(jnp.int32),
+            logprobs=jnp.where(resp_mask, res.logprobs, 0.0), reward=reward, valid=active, invalid=bad,
+            prompt_truncated=active & (total > p), response_truncated=active & ~res.stopped,
+            action=jnp.where(active, action, -1),
+        )
+        batch = batch.replace(**{k: getattr(batch, k).at[:, t].set(v.astype(getattr(batch, k).dtype))
+                                 for k, v in row.items()})
+        prev_state = jax.tree.map(lambda a, b: jnp.where(_bcast(active, a), a, b), state, prev_state)
+        prev_action = jnp.where(active, action, prev_action)
+        return t + 1, state_next, prev_state, prev_action, done_next, batch, ret + reward
+
+    init = (jnp.int32(0), states, states, jnp.full((e,), -1, jnp.int32), done0, batch, jnp.zeros((e,), jnp.float32))
+    _, final, _, _, _, batch, ret = jax.lax.while_loop(cond, body, init)
+    length = jnp.sum(batch.valid, axis=1).astype(jnp.int32)
+    stats = EpisodeStats(episode_return=ret, success=final.success, length=length, truncated=~final.success)
+    return batch, stats
+
+
+def _bcast(flag: jax.Array, like: jax.Array) -> jax.Array:
+    return flag.reshape(flag.shape + (1,) * (like.ndim - flag.ndim))
+
+
+def _policy_cache(graphdef, params, batch: int, length: int):
+    model = nnx.merge(graphdef, params)
+    lm = getattr(model, "lm", model)
+    return init_cache(lm.cfg, batch, length)
+
+
+# ---------------------------------------------------------------------------------------------- on host
+class HostTask(Protocol):
+    """A batch of episodes stepped from the host (see `PoolTask`, `SokobanHostTask`)."""
+
+    num_episodes: int
+    max_turns: int
+
+    def prompt_ids(self, episode: int) -> List[int]:
+        """The full chat-templated prompt ids for this episode's current turn."""
+
+    def step(self, episodes: Sequence[int], answers: Sequence[str]) -> List[Tuple[float, bool, bool, bool, int]]:
+        """Apply the answers; per episode (reward, done, success, invalid, action id or -1)."""
+
+
+def host_rollout(graphdef, params, task: HostTask, config: gen.GenerationConfig, key: jax.Array, tokenizer,
+                 max_prompt_tokens: int, invalid_penalty: float = -0.1, batch_buckets: Sequence[int] = (),
+                 timings: Optional[Dict[str, float]] = None) -> Tuple[StepBatch, EpisodeStats]:
+    """Drive `task` turn by turn from Python. Only unfinished episodes are generated for (compacted into a
+    batch bucket), so finished ones stop costing compute. Returns numpy `StepBatch` / `EpisodeStats`."""
+    e, t_max = task.num_episodes, task.max_turns
+    p, n = max_prompt_tokens, config.max_new_tokens
+    out = {
+        "prompt_ids": np.zeros((e, t_max, p), np.int32), "prompt_mask": np.zeros((e, t_max, p), np.int32),
+        "response_ids": np.full((e, t_max, n), config.pad_id, np.int32),
+        "response_mask": np.zeros((e, t_max, n), np.int32), "logprobs": np.zeros((e, t_max, n), np.float32),
+        "reward": np.zeros((e, t_max), np.float32), "valid": np.zeros((e, t_max), bool),
+        "invalid": np.zeros((e, t_max), bool), "prompt_truncated": np.zeros((e, t_max), bool),
+        "response_truncated": np.zeros((e, t_max), bool), "action": np.full((e, t_max), -1, np.int32),
+    }
+    done = np.zeros(e, bool)
+    success = np.zeros(e, bool)
+    timings = {} if timings is None else timings
+    buckets = sorted(set(batch_buckets) | {e})
+    for t in range(t_max):
+        active = np.flatnonzero(~done)
+        if active.size == 0:
+            break
+        t0 = time.perf_counter()
+        rows = [task.prompt_ids(int(i)) for i in active]
+        bsz = next(b for b in buckets if b >= active.size)
+        ids = np.full((bsz, p), config.pad_id, np.int32)
+        mask = np.zeros((bsz, p), np.int32)
+        for j, r in enumerate(rows):
+            kept = r[-p:]
+            ids[j, p - len(kept):], mask[j, p - len(kept):] = kept, 1
+            out["prompt_truncated"][active[j], t] = len(r) > p
+        res = gen._generate_jit(graphdef, params, jnp.asarray(ids), jnp.asarray(mask),
+                                _policy_cache(graphdef, params, bsz, p + n), jax.random.fold_in(key, t), config)
+        tokens, lps = np.asarray(res.tokens), np.asarray(res.logprobs)
+        lengths, stopped = np.asarray(res.lengths), np.asarray(res.stopped)
+        t1 = time.perf_counter()
+        answers = [tokenizer.decode(tokens[j, : max(lengths[j] - 1, 0)] if stopped[j] else tokens[j, : lengths[j]])
+                   for j in range(active.size)]
+        results = task.step(active.tolist(), answers)
+        t2 = time.perf_counter()
+        timings["generate"] = timings.get("generate", 0.0) + (t1 - t0)
+        timings["env"] = timings.get("env", 0.0) + (t2 - t1)
+        for j, i in enumerate(active):
+            reward, ep_done, ep_success, bad, action = results[j]
+            out["prompt_ids"][i, t], out["prompt_mask"][i, t] = ids[j], mask[j]
+            out["response_ids"][i, t] = tokens[j]
+            out["response_mask"][i, t, : lengths[j]] = 1
+            out["logprobs"][i, t] = np.where(out["response_mask"][i, t] == 1, lps[j], 0.0)
+            out["reward"][i, t] = reward + (invalid_penalty if bad else 0.0)
+            out["valid"][i, t], out["invalid"][i, t] = True, bad
+            out["response_truncated"][i, t] = not stopped[j]
+            out["action"][i, t] = action
+            success[i] |= ep_success
+            done[i] = ep_done or (t + 1 >= t_max)
+    batch = StepBatch(**out)
+    stats = EpisodeStats(episode_return=out["reward"].sum(1), success=success,
+                         length=out["valid"].sum(1).astype(np.int32), truncated=~success)
+    return batch, stats
+
+
+class SokobanHostTask:
+    """JAX Sokoban episodes stepped from the host with the same prompt ids as the device path (for the
+    device-vs-host benchmark and equality tests)."""
+
+    def __init__(self, env: sk.Sokoban, prompter: SokobanPrompter, level_keys: jax.Array):
+        self.env, self.prompter = env, prompter
+        self.num_episodes, self.max_turns = int(level_keys.shape[0]), env.max_steps
+        states, _ = jax.vmap(env.reset)(level_keys)
+        self.states = [jax.tree.map(lambda x, i=i: x[i], states) for i in range(self.num_episodes)]
+        self.prev = list(self.states)
+        self.prev_action = [-1] * self.num_episodes
+        self.turn = [0] * self.num_episodes
+        self._step = jax.jit(env.step)
+
+    def prompt_ids(self, episode: int) -> List[int]:
+        return self.prompter.host_prompt_ids(self.states[episode], self.prev[episode], self.prev_action[episode],
+                                             self.turn[episode])
+
+    def step(self, episodes, answers):
+        out = []
+        for i, text in zip(episodes, answers):
+            action = self.prompter.host_parse(text)
+            self.prev[i], self.prev_action[i] = self.states[i], action
+            self.turn[i] += 1
+            if action < 0:
+                out.append((0.0, False, False, True, -1))
+                continue
+            self.states[i], ts = self._step(self.states[i], action)
+            out.append((float(ts.reward), bool(ts.done), bool(ts.success), False, action))
+        return out
+
+
+class PoolTask:
+    """Episodes of pooled text environments (ALFWorld, ScienceWorld, ...) with an env-specific prompt builder.
+
+    prompt_fn(step: TextStep, history: list[(obs, action)], turn: int) -> prompt text; the text becomes one
+    user turn through `chat.encode_conversation`. Actions are parsed with `chat.parse_action_text`.
+    """
+
+    def __init__(self, pool, env_ids: Sequence[int], seeds: Sequence[int], chat, prompt_fn, max_turns: int):
+        from agentrl_jax.chat import parse_action_text  # noqa: PLC0415
+
+        self._parse = parse_action_text
+        self.pool, self.chat, self.prompt_fn = pool, chat, prompt_fn
+        self.env_ids = list(env_ids)
+        self.num_episodes, self.max_turns = len(self.env_ids), int(max_turns)
+        self.steps = pool.reset(self.env_ids, list(seeds))
+        self.history: List[List[Tuple[str, str]]] = [[] for _ in self.env_ids]
+        self.crashed = 0
+
+    def prompt_ids(self, episode: int) -> List[int]:
+        text = self.prompt_fn(self.steps[episode], self.history[episode], len(self.history[episode]))
+        return self.chat.encode_conversation([{"role": "user", "content": text}], add_generation_prompt=True)
+
+    def step(self, episodes, answers):
+        parsed = [self._parse(a, self.chat.thinking) for a in answers]
+        todo = [(i, act) for i, (act, ok) in zip(episodes, parsed) if ok]
+        results = dict(zip([i for i, _ in todo], self.pool.step([self.env_ids[i] for i, _ in todo],
+                                                                [a for _, a in todo]))) if todo else {}
+        out = []
+        for i, (act, ok) in zip(episodes, parsed):
+            if not ok:
+                self.history[i].append((self.steps[i].observation, "invalid"))
+                out.append((0.0, False, False, True, -1))
+                continue
+            ts = results[i]
+            self.history[i].append((self.steps[i].observation, act))
+            self.steps[i] = ts
+            self.crashed += int(ts.truncated and "truncated_reason" in ts.info and ts.info["truncated_reason"] != "max_steps")
+            out.append((float(ts.reward), bool(ts.done), bool(ts.success), False, -1))
+        return out

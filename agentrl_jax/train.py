@@ -1,0 +1,412 @@
+"""The gin-configurable RL trainer: `python -m agentrl_jax.train --gin_file=gin/experiments/X.gin`.
+
+One iteration (window mode, the study's):
+  rollout (JAX Sokoban: one compiled program on device; text envs: host loop over the pool)
+  → advantages (GRPO group baseline, or PPO critic + turn-level GAE)
+  → old / reference log-probs by a forward pass → `epochs` passes of minibatch updates (sharded train step)
+  → TensorBoard scalars and sample episodes, Orbax checkpoint every N steps, periodic held-out evaluation.
+An optional SFT warm-up on expert (solver) data runs first. A killed job resumes from its last checkpoint;
+SIGTERM saves one and exits cleanly.
+"""
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import logging as _pylogging
+import os
+import sys
+import time
+from typing import Any, Dict, List, Optional, Sequence
+
+import gin
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+import envs.sokoban as sk
+from agentrl_jax import checkpoint as ckpt
+from agentrl_jax import distributed, learner, optim, rl, sharding
+from agentrl_jax import generate as gen
+from agentrl_jax.chat import ChatFormat
+from agentrl_jax.logging import MetricsLogger
+from agentrl_jax.policy import Policy, load_policy
+from agentrl_jax.rollout import SokobanHostTask, host_rollout, sokoban_device_rollout
+from agentrl_jax.sokoban_prompt import SokobanPrompter
+from agentrl_jax.sft import sokoban_expert_samples
+from agentrl_jax import text_tasks
+
+log = _pylogging.getLogger("agentrl_jax.train")
+ENVS = ("sokoban", *text_tasks.TEXT_ENVS)
+ROLLOUT_MODES = ("device", "host")
+
+
+def _check_choice(name, value, allowed):
+    if value not in allowed:
+        raise ValueError(f"train.{name}={value!r}; use one of {allowed}.")
+
+
+def _summarise(stats, batch) -> Dict[str, float]:
+    valid = np.asarray(batch.valid)
+    n_valid = max(int(valid.sum()), 1)
+    resp = np.asarray(batch.response_mask)
+    return {
+        "success_rate": float(np.mean(np.asarray(stats.success))),
+        "return": float(np.mean(np.asarray(stats.episode_return))),
+        "episode_length": float(np.mean(np.asarray(stats.length))),
+        "invalid_action_rate": float(np.asarray(batch.invalid).sum() / n_valid),
+        "prompt_truncated_rate": float(np.asarray(batch.prompt_truncated).sum() / n_valid),
+        "response_truncated_rate": float(np.asarray(batch.response_truncated).sum() / n_valid),
+        "response_tokens_mean": float(resp.sum() / n_valid),
+    }
+
+
+def _episode_text(tokenizer, batch, stats, e: int) -> str:
+    lines = [f"success={bool(np.asarray(stats.success)[e])} return={float(np.asarray(stats.episode_return)[e]):.2f}"]
+    valid = np.asarray(batch.valid)[e]
+    for t in np.flatnonzero(valid):
+        pm = np.asarray(batch.prompt_mask)[e, t] == 1
+        rm = np.asarray(batch.response_mask)[e, t] == 1
+        prompt = tokenizer.decode(np.asarray(batch.prompt_ids)[e, t][pm])
+        answer = tokenizer.decode(np.asarray(batch.response_ids)[e, t][rm])
+        tail = prompt[-400:].replace("\n", "\n    ")
+        lines.append(f"--- turn {t}: reward {float(np.asarray(batch.reward)[e, t]):.2f}\n    ...{tail}\n>>> {answer}")
+    return "\n".join(lines)
+
+
+class Trainer:
+    """Holds the compiled pieces; `train()` below is the gin entry point that builds and runs it."""
+
+    def __init__(self, *, output_dir, model_path, env_name, rollout_mode, rl_config, tasks_per_step, group_size,
+                 minibatch_size, max_response_tokens, temperature, top_p, top_k, eval_temperature,
+                 eval_episodes, invalid_penalty, seed, mesh, thinking):
+        self.output_dir, self.env_name, self.rollout_mode = output_dir, env_name, rollout_mode
+        self.cfg: rl.RLConfig = rl_config
+        self.tasks_per_step, self.group_size = tasks_per_step, group_size
+        self.minibatch_size, self.invalid_penalty = minibatch_size, invalid_penalty
+        self.eval_episodes, self.seed, self.mesh = eval_episodes, seed, mesh
+        self.temperature = temperature
+        ppo = rl_config.algorithm == "ppo"
+        policy, self.tokenizer = load_policy(model_path, with_value_head=ppo, mesh=mesh)
+        self.chat = ChatFormat.from_tokenizer(self.tokenizer, thinking=thinking)
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        stop = tuple(self.chat.stop_ids)
+        self.gen_config = gen.GenerationConfig(max_new_tokens=max_response_tokens, temperature=temperature,
+                                               top_p=top_p, top_k=top_k, stop_ids=stop, pad_id=pad)
+        self.eval_config = gen.GenerationConfig(max_new_tokens=max_response_tokens, temperature=eval_temperature,
+                                                stop_ids=stop, pad_id=pad)
+        self.graphdef, params, rest = nnx.split(policy, nnx.Param, ...)
+        if jax.tree.leaves(rest):
+            raise ValueError("the policy holds non-parameter state; only nnx.Param variables are supported")
+        self.rules = sharding.logical_rules()
+        self.param_sh = sharding.tree_shardings(params, mesh, self.rules)
+        self.params = jax.device_put(params, self.param_sh)
+        if env_name == "sokoban":
+            self.env = sk.Sokoban()
+            self.prompter = SokobanPrompter(self.chat, dim=self.env.dim, max_steps=self.env.max_steps)
+            self.max_prompt_tokens = self.prompter.max_prompt_tokens
+            self._device_rollout = jax.jit(sokoban_device_rollout, static_argnums=(0, 2, 3, 4),
+                                           static_argnames=("invalid_penalty",))
+        else:
+            if rollout_mode != "host":
+                raise ValueError(f"{env_name} runs on the host: set train.rollout_mode = 'host'.")
+            self.text = text_tasks.TextEnvSetup(env_name, chat=self.chat)
+            self.max_prompt_tokens = self.text.max_prompt_tokens
+        self._score = jax.jit(functools.partial(learner.score_samples, prompt_len=self.max_prompt_tokens,
+                                                temperature=max(temperature, 1e-6) if temperature > 0 else 1.0,
+                                                with_values=ppo))
+        self.timings: Dict[str, float] = {}
+
+    # ------------------------------------------------------------------------------------------ rollout
+    def rollout(self, params, level_keys, key, config, episode_seeds=None, split="train"):
+        if self.env_name == "sokoban" and self.rollout_mode == "device":
+            batch, stats = self._device_rollout(self.graphdef, params, self.env, self.prompter, config, level_keys,
+                                                key, invalid_penalty=self.invalid_penalty)
+            return jax.device_get(batch), jax.device_get(stats)
+        if self.env_name == "sokoban":
+            task = SokobanHostTask(self.env, self.prompter, level_keys)
+        else:
+            task = self.text.task(episode_seeds, split)
+        return host_rollout(self.graphdef, params, task, config, key, self.tokenizer, self.max_prompt_tokens,
+                            self.invalid_penalty, timings=self.timings)
+
+    def episode_keys(self, step: int, n_tasks: int, group: int, stream: int):
+        """Level keys (Sokoban) / seeds (text envs) for a step: `n_tasks` tasks, each repeated `group` times."""
+        base = jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(self.seed), stream), step)
+        task_keys = jax.random.split(base, n_tasks)
+        seeds = np.asarray(jax.random.randint(base, (n_tasks,), 0, 2**30))
+        return jnp.repeat(task_keys, group, axis=0), np.repeat(seeds, group)
+
+    def evaluate(self, params, step: int) -> Dict[str, float]:
+        keys, seeds = self.episode_keys(step=0, n_tasks=self.eval_episodes, group=1, stream=1)  # fixed held-out set
+        batch, stats = self.rollout(params, keys, jax.random.PRNGKey(step), self.eval_config, seeds, split="eval")
+        return {f"eval/{k}": v for k, v in _summarise(stats, batch).items()}
+
+    # ------------------------------------------------------------------------------------------- update
+    def prepare(self, params, batch, stats) -> Dict[str, np.ndarray]:
+        samples, index = learner.flatten_samples(batch)
+        scored = self._score_all(params, samples)
+        samples["old_logprobs"] = scored["logprobs"]
+        if self.ref_params is not None:
+            samples["ref_logprobs"] = self._score_all(self.ref_params, samples)["logprobs"]
+        if self.cfg.algorithm == "grpo":
+            samples["advantages"] = learner.grpo_step_advantages(stats, index, self.group_size,
+                                                                 self.cfg.grpo_normalize_std, self.cfg.grpo_eps)
+        else:
+            values_et = np.zeros(np.asarray(batch.valid).shape, np.float32)
+            values_et[index[:, 0], index[:, 1]] = scored["values"]
+            adv, ret = learner.ppo_turn_advantages(batch, values_et, self.cfg.gamma, self.cfg.lam)
+            adv_s = adv[index[:, 0], index[:, 1]]
+            samples["advantages"] = (adv_s - adv_s.mean()) / (adv_s.std() + 1e-6)
+            samples["returns"] = ret[index[:, 0], index[:, 1]]
+            samples["old_values"] = scored["values"]
+        return samples
+
+    def _score_all(self, params, samples):
+        outs: Dict[str, List[np.ndarray]] = {}
+        s = len(samples["ids"])
+        for mb in learner.minibatches({k: samples[k] for k in ("ids", "attn")}, self.minibatch_size,
+                                      np.random.default_rng(0), shuffle=False):
+            policy = nnx.merge(self.graphdef, params)
+            res = self._score(policy, {k: jnp.asarray(v) for k, v in mb.items()})
+            for k, v in res.items():
+                outs.setdefault(k, []).append(np.asarray(v))
+        return {k: np.concatenate(v)[:s] for k, v in outs.items()}
+
+
+
+@gin.configurable(denylist=["mesh"])
+def train(
+    output_dir: str = gin.REQUIRED,
+    model_path: str = gin.REQUIRED,
+    env_name: str = "sokoban",
+    rollout_mode: str = "device",
+    num_steps: int = 150,
+    tasks_per_step: int = 16,
+    group_size: int = 8,
+    minibatch_size: int = 256,
+    max_response_tokens: int = 512,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    top_k: int = 0,
+    thinking: bool = True,
+    invalid_penalty: float = -0.1,
+    eval_every: int = 15,
+    eval_episodes: int = 64,
+    eval_temperature: float = 0.4,
+    checkpoint_every: int = 15,
+    keep_checkpoints: int = 3,
+    sft_steps: int = 0,
+    sft_levels: int = 256,
+    sft_batch_size: int = 64,
+    sample_every: int = 10,
+    seed: int = 0,
+    mesh=None,
+) -> Dict[str, float]:
+    """Run SFT warm-up (optional) then `num_steps` RL iterations; returns the last metrics.
+
+    Every argument is a gin binding (`train.num_steps = 150`); the RL math lives in `RLConfig` (gin),
+    the optimizer in `agentrl_jax.optim.make_optimizer` / `make_schedule`, the mesh in
+    `agentrl_jax.sharding.make_mesh`, the env in `envs.sokoban.Sokoban` / the text-env setups, the prompt in
+    `SokobanPrompter`.
+    """
+    _check_choice("env_name", env_name, ENVS)
+    _check_choice("rollout_mode", rollout_mode, ROLLOUT_MODES)
+    for name, v in (("num_steps", num_steps), ("tasks_per_step", tasks_per_step), ("group_size", group_size),
+                    ("minibatch_size", minibatch_size), ("max_response_tokens", max_response_tokens)):
+        if int(v) < 1:
+            raise ValueError(f"train.{name} must be >= 1, got {v}.")
+    rl_config = rl.RLConfig()
+    if rl_config.algorithm == "grpo" and group_size < 2:
+        raise ValueError("GRPO compares rollouts of the same task: set train.group_size >= 2.")
+    distributed.initialize()
+    mesh = mesh or sharding.make_mesh()
+    os.makedirs(output_dir, exist_ok=True)
+    with open(os.path.join(output_dir, "operative_config.gin"), "w") as f:
+        f.write(gin.operative_config_str())
+
+    tr = Trainer(output_dir=output_dir, model_path=model_path, env_name=env_name, rollout_mode=rollout_mode,
+                 rl_config=rl_config, tasks_per_step=tasks_per_step, group_size=group_size,
+                 minibatch_size=minibatch_size, max_response_tokens=max_response_tokens, temperature=temperature,
+                 top_p=top_p, top_k=top_k, eval_temperature=eval_temperature, eval_episodes=eval_episodes,
+                 invalid_penalty=invalid_penalty, seed=seed, mesh=mesh, thinking=thinking)
+    prompt_len = tr.max_prompt_tokens
+    tx = optim.make_optimizer()
+    o_sh = sharding.tree_shardings(jax.eval_shape(tx.init, tr.params), mesh, tr.rules)
+    opt_state = jax.jit(tx.init, out_shardings=o_sh)(tr.params)
+    shard_spec = sharding.TrainShardings(params=tr.param_sh, opt_state=o_sh,
+                                         batch=sharding.batch_sharding(mesh, tr.rules),
+                                         replicated=jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()),
+                                         mesh=mesh, rules=tr.rules)
+    rl_step = sharding.make_train_step(
+        functools.partial(learner.rl_loss, config=rl_config, prompt_len=prompt_len,
+                          temperature=temperature if temperature > 0 else 1.0),
+        tx, mesh, shard_spec, tr.graphdef, donate=False)
+
+    checkpointer = ckpt.Checkpointer(os.path.join(output_dir, "checkpoints"), save_every=checkpoint_every,
+                                     keep=keep_checkpoints, best_metric="eval/success_rate")
+    ckpt.install_preemption_handler()
+    key = jax.random.PRNGKey(seed)
+    start_step = 0
+    params = tr.params
+    ref_params = None
+    abstract = {"params": sharding.abstract_with_shardings(params, tr.param_sh),
+                "opt_state": sharding.abstract_with_shardings(opt_state, o_sh),
+                "key": jax.ShapeDtypeStruct(key.shape, key.dtype)}
+    if rl_config.kl_coef > 0:
+        abstract["ref_params"] = abstract["params"]
+    restored = checkpointer.restore_latest(abstract)
+    logger = MetricsLogger(os.path.join(output_dir, "tb"), total_steps=num_steps,
+                           bar_keys=["success_rate", "return", "eval/success_rate", "kl_loss"])
+    logger.gin_config(gin.operative_config_str())
+    last: Dict[str, float] = {}
+    try:
+        if restored is not None:
+            start_step, state, extra = restored
+            params, opt_state, key = state["params"], state["opt_state"], state["key"]
+            ref_params = state.get("ref_params")
+            logger.write(f"resumed from step {start_step} ({checkpointer.directory})")
+        else:
+            if sft_steps > 0:
+                params = _sft_warmup(tr, params, sft_steps, sft_levels, sft_batch_size, max_response_tokens,
+                                     logger, seed)
+            ref_params = params if rl_config.kl_coef > 0 else None
+            base = tr.evaluate(params, 0)
+            logger.scalars(0, base)
+            logger.write(f"step 0: initial policy {json.dumps({k: round(v, 4) for k, v in base.items()})}")
+            last.update(base)
+        tr.ref_params = ref_params
+        rng = np.random.default_rng(seed + start_step)
+        for step in range(start_step + 1, num_steps + 1):
+            metrics = _rl_iteration(tr, rl_step, step, params, opt_state, key, rng, rl_config)
+            params, opt_state, metrics, batch, stats = metrics
+            if eval_every and (step % eval_every == 0 or step == num_steps):
+                metrics.update(tr.evaluate(params, step))
+            logger.scalars(step, metrics)
+            if sample_every and step % sample_every == 0:
+                logger.text(step, "samples/episode", _episode_text(tr.tokenizer, batch, stats, 0))
+                logger.histogram(step, "returns", np.asarray(stats.episode_return))
+            last = metrics
+            state = {"params": params, "opt_state": opt_state, "key": key}
+            if ref_params is not None:
+                state["ref_params"] = ref_params
+            preempted = ckpt.preemption_requested(step)
+            checkpointer.maybe_save(step, state, extra_json={"step": step}, metrics=metrics,
+                                    force=preempted or step == num_steps)
+            if preempted:
+                logger.write(f"preemption requested: saved step {step}, exiting")
+                break
+    finally:
+        checkpointer.close()
+        logger.close()
+    return last
+
+
+def _rl_iteration(tr: Trainer, rl_step, step, params, opt_state, key, rng, cfg: rl.RLConfig):
+    t0 = time.perf_counter()
+    level_keys, seeds = tr.episode_keys(step, tr.tasks_per_step, tr.group_size, stream=0)
+    tr.timings.clear()
+    batch, stats = tr.rollout(params, level_keys, jax.random.fold_in(key, step), tr.gen_config, seeds)
+    t1 = time.perf_counter()
+    samples = tr.prepare(params, batch, stats)
+    metrics_list = []
+    for epoch in range(cfg.ppo_epochs):
+        for mb in learner.minibatches(samples, tr.minibatch_size, rng):
+            mb = sharding.shard_batch({k: jnp.asarray(v) for k, v in mb.items()}, rl_step_shardings(tr))
+            params, opt_state, m = rl_step(params, opt_state, mb, jax.random.fold_in(key, step * 1000 + epoch))
+            metrics_list.append(m)
+    t2 = time.perf_counter()
+    m = {k: float(np.mean([float(x[k]) for x in metrics_list])) for k in metrics_list[0]} if metrics_list else {}
+    m.update(_summarise(stats, batch))
+    gen_tokens = float(np.asarray(batch.response_mask).sum())
+    env_steps = float(np.asarray(batch.valid).sum())
+    m.update({
+        "time/rollout_s": t1 - t0, "time/update_s": t2 - t1,
+        "time/generate_s": tr.timings.get("generate", t1 - t0), "time/env_s": tr.timings.get("env", 0.0),
+        "throughput/generated_tokens_per_s": gen_tokens / max(t1 - t0, 1e-9),
+        "throughput/env_steps_per_s": env_steps / max(t1 - t0, 1e-9),
+        "samples": float(len(samples["ids"])),
+    })
+    return params, opt_state, m, batch, stats
+
+
+def rl_step_shardings(tr: Trainer) -> sharding.TrainShardings:
+    return sharding.TrainShardings(params=tr.param_sh, opt_state=None, batch=sharding.batch_sharding(tr.mesh, tr.rules),
+                                   replicated=None, mesh=tr.mesh, rules=tr.rules)
+
+
+def _sft_warmup(tr: Trainer, params, steps, levels, batch_size, max_response_tokens, logger, seed):
+    """Supervised warm-up on solver solutions (Sokoban); its own optimizer (gin scope `sft`)."""
+    if tr.env_name != "sokoban":
+        raise ValueError("train.sft_steps > 0 is implemented for Sokoban (solver experts); set it to 0 for text envs.")
+    data = sokoban_expert_samples(tr.env, tr.prompter, levels, seed + 10_000, max_response_tokens)
+    with gin.config_scope("sft"):
+        tx = optim.make_optimizer()
+    o_sh = sharding.tree_shardings(jax.eval_shape(tx.init, params), tr.mesh, tr.rules)
+    opt_state = jax.jit(tx.init, out_shardings=o_sh)(params)
+    spec = sharding.TrainShardings(params=tr.param_sh, opt_state=o_sh, batch=sharding.batch_sharding(tr.mesh, tr.rules),
+                                   replicated=None, mesh=tr.mesh, rules=tr.rules)
+    step_fn = sharding.make_train_step(functools.partial(learner.sft_loss, prompt_len=tr.max_prompt_tokens), tx,
+                                       tr.mesh, spec, tr.graphdef, donate=False)
+    rng = np.random.default_rng(seed)
+    done = 0
+    while done < steps:
+        for mb in learner.minibatches(data, batch_size, rng):
+            mb = sharding.shard_batch({k: jnp.asarray(v) for k, v in mb.items()}, spec)
+            params, opt_state, m = step_fn(params, opt_state, mb, jax.random.PRNGKey(done))
+            done += 1
+            if done % 10 == 0 or done == steps:
+                logger.scalars(0, {f"sft/{k}": v for k, v in m.items()})
+                logger.write(f"sft step {done}/{steps}: nll {float(m['nll']):.4f}")
+            if done >= steps:
+                break
+    return params
+
+
+# ------------------------------------------------------------------------------------------------ CLI
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(prog="python -m agentrl_jax.train", description=__doc__.splitlines()[0])
+    ap.add_argument("--gin_file", action="append", default=[], help="gin file (repeatable; later files override)")
+    ap.add_argument("--gin_bindings", action="append", default=[], help="gin binding, e.g. 'train.num_steps = 5'")
+    ap.add_argument("--gin_search_paths", default="", help="comma-separated folders to resolve gin includes")
+    return ap.parse_args(argv)
+
+
+def repo_gin_dir() -> str:
+    return os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "gin")
+
+
+def parse_gin(gin_files: Sequence[str], bindings: Sequence[str], search_paths: Sequence[str] = ()) -> None:
+    """Parse gin files and bindings, failing with the file's name (before any compilation)."""
+    for path in [*search_paths, repo_gin_dir(), "."]:
+        if path and os.path.isdir(path):
+            gin.add_config_file_search_path(path)
+    for f in gin_files:
+        if not os.path.exists(f) and not any(os.path.exists(os.path.join(p, f)) for p in [*search_paths, repo_gin_dir()]):
+            raise SystemExit(f"error: gin file {f!r} not found (looked in the working folder, {repo_gin_dir()}"
+                             f"{', ' + ', '.join(search_paths) if search_paths else ''}).")
+    try:
+        gin.parse_config_files_and_bindings(list(gin_files), list(bindings))
+    except Exception as e:  # gin raises ValueError/KeyError/ImportError with the location in the message
+        raise SystemExit(f"error: bad gin configuration in {', '.join(gin_files) or '(bindings)'}: "
+                         f"{type(e).__name__}: {e}") from None
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    _pylogging.basicConfig(level=_pylogging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    if not args.gin_file and not args.gin_bindings:
+        raise SystemExit("error: pass --gin_file=gin/experiments/<experiment>.gin (see README).")
+    parse_gin(args.gin_file, args.gin_bindings, [p for p in args.gin_search_paths.split(",") if p])
+    try:
+        metrics = train()
+    except ValueError as e:
+        if "Required bindings" in str(e) or "gin" in str(e).lower():
+            raise SystemExit(f"error: {e}") from None
+        raise
+    print(json.dumps({k: round(v, 4) for k, v in metrics.items() if k.startswith(("eval/", "success"))}))
+
+
+if __name__ == "__main__":
+    main()
