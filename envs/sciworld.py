@@ -87,6 +87,12 @@ def _kill_jvm(proc: subprocess.Popen | None, gateway: Any) -> None:
             gateway.close()
         except Exception:
             pass
+        # Mark the client disconnected: py4j's finalizers of leftover Java object proxies then skip their
+        # "delete" message instead of reconnecting to a dead JVM and logging tracebacks from inside the GC
+        # (formatting a traceback during GC can break an ast.parse in progress on Python 3.11).
+        client = getattr(gateway, "_gateway_client", None)
+        if client is not None:
+            client.is_connected = False
     if proc is not None and proc.poll() is None:
         try:
             proc.kill()
