@@ -332,9 +332,9 @@ def build_model(cfg: ModelConfig, make_value: Callable[[Tuple[str, ...], Tuple[i
     abstract = nnx.eval_shape(lambda: CausalLM(cfg, rngs=nnx.Rngs(0)))
     graphdef, state = nnx.split(abstract)
     flat = []
-    for path, var in nnx.to_flat_state(state):
+    for key, var in nnx.to_flat_state(state):
         sds = var.get_value()
-        path = tuple(str(p) for p in path)
+        path = tuple(str(p) for p in key)  # the original key (ints for list items) is kept for the merge
         value = make_value(path, tuple(sds.shape), sds.dtype, param_names(var))
         value = np.asarray(value).astype(sds.dtype, copy=False)
         if value.shape != tuple(sds.shape):
@@ -343,7 +343,7 @@ def build_model(cfg: ModelConfig, make_value: Callable[[Tuple[str, ...], Tuple[i
             arr = jax.device_put(value, named_sharding(param_names(var), mesh, rules))
         else:
             arr = jnp.asarray(value)
-        flat.append((path, var.replace(arr)))
+        flat.append((key, var.replace(arr)))
     return nnx.merge(graphdef, nnx.from_flat_state(flat))
 
 

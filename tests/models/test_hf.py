@@ -58,6 +58,19 @@ def test_round_trip_is_bit_exact(tmp_path, family, tokenizer):
     assert tok.chat_template == tokenizer.chat_template
 
 
+def test_many_layers_keep_their_order(tmp_path):
+    """Layer 2 must not receive layer 10's weights (string vs integer ordering of list keys)."""
+    cfg = ModelConfig(**{**CFG, "vocab_size": 64, "num_layers": 12})
+    model = random_model(cfg, seed=6)
+    save_pretrained(model, None, tmp_path)
+    w = load_file(str(tmp_path / "model.safetensors"))
+    loaded, _ = load_pretrained(tmp_path, load_tokenizer=False)
+    for i in range(12):
+        np.testing.assert_array_equal(np.asarray(loaded.layers[i].mlp.up_proj.kernel[...]).T,
+                                      w[f"model.layers.{i}.mlp.up_proj.weight"])
+    assert_same_params(model, loaded)
+
+
 def test_hf_layout_matches_transformers_conventions(tmp_path):
     """Linear weights are stored [out, in]; q_proj rows are head-major (head h = rows h*hd:(h+1)*hd)."""
     cfg = ModelConfig(**CFG)
