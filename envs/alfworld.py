@@ -202,7 +202,7 @@ class AlfWorldEnv(TextEnv):
         self._t = 0
         self._done = True
 
-    def _textworld_env(self):
+    def _textworld_env(self, first_game: str):
         if self._env is None:
             try:
                 import textworld
@@ -214,9 +214,9 @@ class AlfWorldEnv(TextEnv):
                 _memoize_grammar_parsing()
             infos = textworld.EnvInfos(won=True, admissible_commands=True, policy_commands=self.planner_expert,
                                        extras=["gamefile", "walkthrough"])
-            self._env = textworld.start(self.games[0], request_infos=infos,
+            self._env = textworld.start(first_game, request_infos=infos,
                                         wrappers=[AlfredDemangler(shuffle=False), AlfredInfos])
-            self._loaded = self.games[0]
+            self._loaded = first_game
         return self._env
 
     @property
@@ -225,7 +225,7 @@ class AlfWorldEnv(TextEnv):
 
     def reset(self, seed: int) -> TextStep:
         game = self.games[int(seed) % len(self.games)]
-        env = self._textworld_env()
+        env = self._textworld_env(game)
         if game != self._loaded:
             env.load(game)
             self._loaded = game

@@ -288,7 +288,7 @@ def test_same_results_for_one_and_two_workers_alfworld():
 def test_same_results_for_one_and_two_workers_sokoban():
     from envs.sokoban.text_env import SokobanTextEnv
 
-    script = _ScriptedRun(4, _text_action)
+    script = _ScriptedRun(4, _text_action, calls=50)
     with EnvPool(SokobanTextEnv, num_workers=1, envs_per_worker=4, start_timeout_s=300) as p1:
         one = script.run(p1)
     with EnvPool(SokobanTextEnv, num_workers=2, envs_per_worker=2, start_timeout_s=300) as p2:
