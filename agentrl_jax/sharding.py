@@ -125,12 +125,14 @@ def _spec_for(shape: Sequence[int], names: Optional[Sequence[Optional[str]]], me
     return PartitionSpec(*spec)
 
 
-def tree_shardings(abstract_tree: Any, mesh: Mesh, rules: Rules = DEFAULT_RULES) -> Any:
+def tree_shardings(abstract_tree: Any, mesh: Mesh, rules: Optional[Rules] = None) -> Any:
     """NamedShardings for any pytree of (abstract) arrays that may contain ``nnx.Variable`` nodes.
 
     Variables use their logical-axis metadata; plain leaves (step counters, scalars) are replicated. Works
     for model state and for optax states that mirror it (their moments keep the Param metadata).
+    `rules` default: :func:`logical_rules` (gin-configurable).
     """
+    rules = logical_rules() if rules is None else rules
 
     def one(x):
         if isinstance(x, nnx.Variable):
@@ -141,7 +143,7 @@ def tree_shardings(abstract_tree: Any, mesh: Mesh, rules: Rules = DEFAULT_RULES)
     return jax.tree.map(one, abstract_tree, is_leaf=lambda x: isinstance(x, nnx.Variable))
 
 
-def param_shardings(abstract_state: Any, mesh: Mesh, rules: Rules = DEFAULT_RULES) -> Any:
+def param_shardings(abstract_state: Any, mesh: Mesh, rules: Optional[Rules] = None) -> Any:
     """NamedShardings (same tree structure) for an abstract or concrete NNX state."""
     return tree_shardings(abstract_state, mesh, rules)
 
@@ -188,7 +190,7 @@ def create_sharded(
     model_factory: Callable[[], nnx.Module],
     optimizer: optax.GradientTransformation,
     mesh: Mesh,
-    rules: Rules = DEFAULT_RULES,
+    rules: Optional[Rules] = None,
 ) -> Tuple[nnx.GraphDef, nnx.State, Any, TrainShardings]:
     """Create parameters and optimizer state directly sharded over `mesh` (never whole on one device).
 
@@ -196,8 +198,10 @@ def create_sharded(
     Shapes come from ``nnx.eval_shape``; the init then runs under ``jax.jit`` with ``out_shardings``, so
     each device only ever materialises its own shard.
 
+    `rules` default: :func:`logical_rules` (``partitioning.DEFAULT_RULES`` unless gin overrides them).
     Returns ``(graphdef, params, opt_state, shardings)``; ``nnx.merge(graphdef, params)`` rebuilds the module.
     """
+    rules = logical_rules() if rules is None else tuple(rules)
     # Flax's eager sharding would need a flax-level mesh context; we shard through jit instead.
     with nnx.use_eager_sharding(False):
         abstract_model = nnx.eval_shape(model_factory)

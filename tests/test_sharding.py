@@ -137,3 +137,17 @@ def test_model_with_non_param_state_is_rejected():
     mesh = sharding.make_mesh(1, 8, 1)
     with pytest.raises(ValueError, match="non-Param state"):
         sharding.create_sharded(WithRngs, optim.make_optimizer(learning_rate=1e-3), mesh)
+
+
+def test_gin_rules_override_reaches_create_sharded():
+    import gin
+
+    gin.clear_config()
+    try:
+        gin.parse_config("logical_rules.rules = [('embed', None)]")
+        _, params, _, sh = sharding.create_sharded(_factory, optim.make_optimizer(learning_rate=1e-3),
+                                                   sharding.make_mesh(1, 8, 1))
+        assert dict(sh.rules)["embed"] is None
+        assert params["embed"]["embedding"].get_value().sharding.spec == P(None, None)  # no longer on fsdp
+    finally:
+        gin.clear_config()
