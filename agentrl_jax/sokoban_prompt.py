@@ -146,14 +146,15 @@ class SokobanPrompter:
     # ------------------------------------------------------------------ answer parsing from ids
     def _build_parser(self, tok) -> None:
         tag_ids = []
+        self.device_parse_error = None
         for tag in TAGS:
             ids = self.encode(tag)
-            if len(ids) != 1:
-                raise ValueError(
+            if len(ids) != 1 and self.device_parse_error is None:
+                self.device_parse_error = (
                     f"The on-device Sokoban rollout parses answers from token ids and needs {tag!r} to be a single "
                     f"token, but this tokenizer splits it into {len(ids)}. Add the four tags as tokens "
-                    f"(tokenizer.add_tokens({list(TAGS)})) or use the host rollout (rollout.mode='host').")
-            tag_ids.append(ids[0])
+                    f"(tokenizer.add_tokens({list(TAGS)})) or use the host rollout (train.rollout_mode = 'host').")
+            tag_ids.append(ids[0] if ids else -1)
         self.tag_ids = np.asarray(tag_ids, np.int32)
         vocab = max(len(tok), max(tok.get_vocab().values()) + 1)
         ws = np.zeros((vocab,), bool)
@@ -176,6 +177,8 @@ class SokobanPrompter:
         only whitespace outside the blocks, and the action block holding one action word (any case, spaces
         around allowed) in its canonical tokenization. An answer cut off before its stop token is malformed.
         """
+        if self.device_parse_error:
+            raise ValueError(self.device_parse_error)
         n = tokens.shape[0]
         pos = jnp.arange(n)
         body = pos < (length - 1)  # drop the stop token

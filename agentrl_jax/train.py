@@ -213,7 +213,9 @@ def train(
     """
     _check_choice("env_name", env_name, ENVS)
     _check_choice("rollout_mode", rollout_mode, ROLLOUT_MODES)
-    for name, v in (("num_steps", num_steps), ("tasks_per_step", tasks_per_step), ("group_size", group_size),
+    if int(num_steps) < 0:
+        raise ValueError(f"train.num_steps must be >= 0 (0 = only evaluate the starting policy), got {num_steps}.")
+    for name, v in (("tasks_per_step", tasks_per_step), ("group_size", group_size),
                     ("minibatch_size", minibatch_size), ("max_response_tokens", max_response_tokens)):
         if int(v) < 1:
             raise ValueError(f"train.{name} must be >= 1, got {v}.")
