@@ -389,10 +389,15 @@ def parse_gin(gin_files: Sequence[str], bindings: Sequence[str], search_paths: S
             raise SystemExit(f"error: gin file {f!r} not found (looked in the working folder, {repo_gin_dir()}"
                              f"{', ' + ', '.join(search_paths) if search_paths else ''}).")
     try:
+        # gin first looks for includes relative to the working folder and logs an ERROR for each miss before
+        # finding them on the search path; silence that noise while parsing.
+        _pylogging.disable(_pylogging.ERROR)
         gin.parse_config_files_and_bindings(list(gin_files), list(bindings))
     except Exception as e:  # gin raises ValueError/KeyError/ImportError with the location in the message
         raise SystemExit(f"error: bad gin configuration in {', '.join(gin_files) or '(bindings)'}: "
                          f"{type(e).__name__}: {e}") from None
+    finally:
+        _pylogging.disable(_pylogging.NOTSET)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
