@@ -41,6 +41,7 @@ import sys
 import threading
 import time
 import traceback
+import warnings
 import weakref
 from typing import Any, Callable, Mapping, Sequence
 
@@ -130,17 +131,18 @@ def _worker_main(conn, factory_bytes: bytes, num_envs: int, env_vars: Mapping[st
 
     try:
         factory = pickle.loads(factory_bytes)
+        gin_warning = None
         if gin_config:
             try:
                 gin.parse_config(gin_config, skip_unknown=True)
-            except Exception:  # a binding that only makes sense in the trainer; the factory may not need it
-                pass
+            except Exception as e:  # a binding that only makes sense in the trainer; the env may not need it
+                gin_warning = f"EnvPool worker could not replay the parent's gin config ({type(e).__name__}: {e})"
         envs: list[TextEnv | None] = [factory() for _ in range(num_envs)]
     except BaseException:
         conn.send(("init_error", traceback.format_exc()))
         conn.close()
         os._exit(1)
-    conn.send(("ready", os.getpid()))
+    conn.send(("ready", os.getpid(), gin_warning))
 
     broken = [False] * num_envs  # env raised: rebuild it on its next reset
 
@@ -380,6 +382,9 @@ class EnvPool:
     def _handle_ready_msg(self, w: _Worker, msg) -> None:
         if msg[0] == "ready":
             w.ready, w.init_failures = True, 0
+            if len(msg) > 2 and msg[2] and not self._warned_gin:
+                self._warned_gin = True
+                warnings.warn(msg[2], RuntimeWarning)
             return
         w.init_failures += 1
         tb = msg[1] if len(msg) > 1 else ""
@@ -389,6 +394,7 @@ class EnvPool:
                                f"(env_factory raised; {w.init_failures} attempt(s)):\n{tb}")
 
     _in_init = True
+    _warned_gin = False
 
     def ready(self, timeout_s: float | None = None) -> None:
         """Block until every worker has built its envs; raise TimeoutError/RuntimeError otherwise."""

@@ -161,6 +161,15 @@ def test_worker_environment_and_affinity():
     assert os.environ.get("JAVA_TOOL_OPTIONS") != "-Xmx64m"
 
 
+def test_forkserver_start_method():
+    with EnvPool(_DebugEnv, num_workers=2, start_method="forkserver") as p:
+        assert [o.observation for o in p.reset([0, 1], [4, 5])] == ["value 4 at t=0", "value 5 at t=0"]
+        assert p.step([1], ["crash"])[0].info["truncated_reason"] == "worker_crashed"
+        assert p.reset([1], [6])[0].observation == "value 6 at t=0"
+        pids = _tree(p.worker_pids())
+    assert _gone(pids) == []
+
+
 def test_bad_arguments_raise_clear_errors(pool):
     with pytest.raises(ValueError, match="out of range"):
         pool.reset([4], [0])
