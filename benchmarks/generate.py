@@ -37,7 +37,7 @@ def _timed(fn, repeats=1):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="small model and few tokens (smoke run)")
-    p.add_argument("--batches", default="1,16", help="comma-separated batch sizes")
+    p.add_argument("--batches", default="1,16,64", help="comma-separated batch sizes")
     p.add_argument("--new_tokens", type=int, default=128)
     p.add_argument("--prompt_len", type=int, default=32)
     p.add_argument("--hidden", type=int, default=768)
@@ -52,7 +52,7 @@ def main(argv=None):
     if args.quick:
         args.hidden, args.layers, args.heads, args.kv_heads, args.intermediate, args.vocab = 256, 4, 4, 4, 512, 8000
         args.new_tokens = min(args.new_tokens, 32)
-        args.batches = "1,4" if args.batches == "1,16" else args.batches
+        args.batches = "1,4" if args.batches == "1,16,64" else args.batches
     batches = [int(b) for b in args.batches.split(",")]
 
     import jax
