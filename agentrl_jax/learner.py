@@ -34,6 +34,20 @@ def flatten_samples(batch: StepBatch) -> Tuple[Dict[str, np.ndarray], np.ndarray
     return samples, where
 
 
+def flatten_conversations(batch) -> Tuple[Dict[str, np.ndarray], np.ndarray]:
+    """Conversation mode: one sample per episode. The packed layout is a 1-token "prompt" followed by the
+    rest of the buffer as "response" whose mask marks the policy's own tokens (score with prompt_len=1)."""
+    loss = np.asarray(batch.loss_mask)
+    samples = {
+        "ids": np.asarray(batch.ids, np.int32),
+        "attn": np.asarray(batch.attn, np.int32),
+        "response_mask": loss[:, 1:].astype(np.float32),
+        "sample_logprobs": np.asarray(batch.logprobs, np.float32)[:, 1:],
+    }
+    index = np.stack([np.arange(loss.shape[0]), np.zeros(loss.shape[0], np.int64)], axis=1)
+    return samples, index
+
+
 def grpo_step_advantages(stats: EpisodeStats, index: np.ndarray, group_size: int, normalize_std: bool = True,
                          eps: float = 1e-6) -> np.ndarray:
     """Episode e belongs to group e // group_size; each step gets its episode's normalised return."""

@@ -235,6 +235,15 @@ class SokobanHostTask:
         return self.prompter.host_prompt_ids(self.states[episode], self.prev[episode], self.prev_action[episode],
                                              self.turn[episode])
 
+    def conversation_content(self, episode: int) -> str:
+        """Conversation mode: the full prompt (no history block) first, then only the new observation."""
+        from agentrl_jax.sokoban_prompt import prompt_parts  # noqa: PLC0415
+
+        obs = sk.render_text(self.states[episode], self.prompter.render_style)
+        t = self.turn[episode]
+        prefix, suffix = prompt_parts(self.prompter.dim, self.prompter.thinking, self.prompter.prompt_style)
+        return (prefix if t == 0 else "") + sk.step_intro(t) + obs + suffix
+
     def step(self, episodes, answers):
         out = []
         for i, text in zip(episodes, answers):
@@ -271,6 +280,16 @@ class PoolTask:
         text = self.prompt_fn(self.steps[episode], self.history[episode], len(self.history[episode]))
         return self.chat.encode_conversation([{"role": "user", "content": text}], add_generation_prompt=True)
 
+    def conversation_content(self, episode: int) -> str:
+        """Conversation mode: the full prompt first, then the new observation and admissible actions."""
+        ts, turn = self.steps[episode], len(self.history[episode])
+        if turn == 0:
+            return self.prompt_fn(ts, [], 0)
+        from envs.prompting import answer_format, format_admissible  # noqa: PLC0415
+
+        actions = f"\nYour admissible actions are {format_admissible(ts.admissible_actions)}." if ts.admissible_actions else ""
+        return f"Step {turn + 1}. Observation: {ts.observation}{actions}\n" + answer_format(self.chat.thinking)
+
     def step(self, episodes, answers):
         parsed = [self._parse(a, self.chat.thinking) for a in answers]
         todo = [(i, act) for i, (act, ok) in zip(episodes, parsed) if ok]
@@ -288,3 +307,112 @@ class PoolTask:
             self.crashed += int(ts.truncated and "truncated_reason" in ts.info and ts.info["truncated_reason"] != "max_steps")
             out.append((float(ts.reward), bool(ts.done), bool(ts.success), False, -1))
         return out
+
+
+# ------------------------------------------------------------------------------------ conversation mode
+@struct.dataclass
+class ConversationBatch:
+    """Conversation mode (RAGEN's): one growing token buffer per episode; one training sample per episode.
+
+    ids/attn: int32 [E, L], the whole episode right-aligned: first prompt, then for each turn the policy's
+    own generated ids (kept exactly as sampled) and the next user turn's ids appended after them.
+    loss_mask: int32 [E, L], 1 exactly on the ids the policy generated. logprobs: float32 [E, L], sampling
+    log-probabilities at those positions. reward/valid/invalid: [E, T] per turn, as in `StepBatch`.
+    context_truncated: bool [E], the episode stopped because the token budget ran out.
+    """
+
+    ids: Any
+    attn: Any
+    loss_mask: Any
+    logprobs: Any
+    reward: Any
+    valid: Any
+    invalid: Any
+    response_truncated: Any
+    context_truncated: Any
+
+
+def host_conversation_rollout(graphdef, params, task, chat, config: gen.GenerationConfig, key: jax.Array,
+                              tokenizer, max_total_tokens: int, invalid_penalty: float = -0.1,
+                              timings: Optional[Dict[str, float]] = None) -> Tuple[ConversationBatch, EpisodeStats]:
+    """Multi-turn rollout that keeps one KV cache per episode across turns.
+
+    Turn 0 prefills the chat-templated first message; every later turn appends only the new tokens
+    (`chat.next_turn_ids`: end of the assistant turn, the new user turn, the generation prompt) to the cache
+    and continues; history is never re-tokenized, because chat templates are not prefix-stable. `task` must
+    offer `conversation_content(episode) -> str` (the next user message) and `step(...)` as `HostTask`.
+    """
+    e, t_max = task.num_episodes, task.max_turns
+    n = config.max_new_tokens
+    buffers: List[List[int]] = [chat.encode_conversation([{"role": "user", "content": task.conversation_content(i)}],
+                                                         add_generation_prompt=True) for i in range(e)]
+    loss: List[List[int]] = [[0] * len(b) for b in buffers]
+    lps: List[List[float]] = [[0.0] * len(b) for b in buffers]
+    reward = np.zeros((e, t_max), np.float32)
+    valid = np.zeros((e, t_max), bool)
+    invalid = np.zeros((e, t_max), bool)
+    resp_trunc = np.zeros((e, t_max), bool)
+    ctx_trunc = np.zeros(e, bool)
+    done = np.zeros(e, bool)
+    success = np.zeros(e, bool)
+    timings = {} if timings is None else timings
+    cache = _policy_cache(graphdef, params, e, max_total_tokens)
+    chunks = [list(b) for b in buffers]
+    last_generated: List[List[int]] = [[] for _ in range(e)]
+    for t in range(t_max):
+        active = ~done
+        if not active.any():
+            break
+        width = max(len(chunks[i]) for i in np.flatnonzero(active))
+        width = gen.bucket_length(width, min_size=16)
+        if int(cache.index) + width + n > max_total_tokens:
+            ctx_trunc |= active
+            break
+        t0 = time.perf_counter()
+        ids = np.full((e, width), config.pad_id, np.int32)
+        mask = np.zeros((e, width), np.int32)
+        for i in np.flatnonzero(active):
+            ids[i, width - len(chunks[i]):], mask[i, width - len(chunks[i]):] = chunks[i], 1
+        res = gen._generate_jit(graphdef, params, jnp.asarray(ids), jnp.asarray(mask), cache,
+                                jax.random.fold_in(key, t), config, jnp.asarray(active))
+        cache = res.cache
+        tokens, lp = np.asarray(res.tokens), np.asarray(res.logprobs)
+        lengths, stopped = np.asarray(res.lengths), np.asarray(res.stopped)
+        t1 = time.perf_counter()
+        idx = np.flatnonzero(active)
+        answers = []
+        for i in idx:
+            out = tokens[i, : lengths[i]].tolist()
+            last_generated[i] = out
+            buffers[i] += out
+            loss[i] += [1] * len(out)
+            lps[i] += lp[i, : lengths[i]].tolist()
+            answers.append(tokenizer.decode(out[:-1] if stopped[i] else out))
+        results = task.step(idx.tolist(), answers)
+        t2 = time.perf_counter()
+        timings["generate"] = timings.get("generate", 0.0) + (t1 - t0)
+        timings["env"] = timings.get("env", 0.0) + (t2 - t1)
+        for j, i in enumerate(idx):
+            r, ep_done, ep_success, bad, _ = results[j]
+            reward[i, t] = r + (invalid_penalty if bad else 0.0)
+            valid[i, t], invalid[i, t], resp_trunc[i, t] = True, bad, not stopped[i]
+            success[i] |= ep_success
+            done[i] = ep_done or t + 1 >= t_max
+            if not done[i]:
+                chunks[i] = chat.next_turn_ids(last_generated[i], task.conversation_content(int(i)))
+                buffers[i] += chunks[i]
+                loss[i] += [0] * len(chunks[i])
+                lps[i] += [0.0] * len(chunks[i])
+    size = gen.bucket_length(max(len(b) for b in buffers), min_size=64)  # few distinct shapes: few compiles
+    out = {k: np.zeros((e, size), dt) for k, dt in (("ids", np.int32), ("attn", np.int32), ("loss_mask", np.int32),
+                                                    ("logprobs", np.float32))}
+    out["ids"][:] = config.pad_id
+    for i in range(e):
+        k = len(buffers[i])
+        out["ids"][i, size - k:], out["attn"][i, size - k:] = buffers[i], 1
+        out["loss_mask"][i, size - k:], out["logprobs"][i, size - k:] = loss[i], lps[i]
+    batch = ConversationBatch(**out, reward=reward, valid=valid, invalid=invalid, response_truncated=resp_trunc,
+                              context_truncated=ctx_trunc)
+    stats = EpisodeStats(episode_return=reward.sum(1), success=success, length=valid.sum(1).astype(np.int32),
+                         truncated=~success)
+    return batch, stats

@@ -32,7 +32,7 @@ from agentrl_jax import generate as gen
 from agentrl_jax.chat import ChatFormat
 from agentrl_jax.logging import MetricsLogger
 from agentrl_jax.policy import Policy, load_policy
-from agentrl_jax.rollout import SokobanHostTask, host_rollout, sokoban_device_rollout
+from agentrl_jax.rollout import SokobanHostTask, host_conversation_rollout, host_rollout, sokoban_device_rollout
 from agentrl_jax.sokoban_prompt import SokobanPrompter
 from agentrl_jax.sft import sokoban_expert_samples
 from agentrl_jax import text_tasks
@@ -40,6 +40,7 @@ from agentrl_jax import text_tasks
 log = _pylogging.getLogger("agentrl_jax.train")
 ENVS = ("sokoban", *text_tasks.TEXT_ENVS)
 ROLLOUT_MODES = ("device", "host")
+PROMPT_MODES = ("window", "conversation")
 
 
 def _check_choice(name, value, allowed):
@@ -47,23 +48,33 @@ def _check_choice(name, value, allowed):
         raise ValueError(f"train.{name}={value!r}; use one of {allowed}.")
 
 
+def _generated_tokens(batch) -> float:
+    return float(np.asarray(getattr(batch, "response_mask", getattr(batch, "loss_mask", 0))).sum())
+
+
 def _summarise(stats, batch) -> Dict[str, float]:
     valid = np.asarray(batch.valid)
     n_valid = max(int(valid.sum()), 1)
-    resp = np.asarray(batch.response_mask)
-    return {
+    out = {
         "success_rate": float(np.mean(np.asarray(stats.success))),
         "return": float(np.mean(np.asarray(stats.episode_return))),
         "episode_length": float(np.mean(np.asarray(stats.length))),
         "invalid_action_rate": float(np.asarray(batch.invalid).sum() / n_valid),
-        "prompt_truncated_rate": float(np.asarray(batch.prompt_truncated).sum() / n_valid),
         "response_truncated_rate": float(np.asarray(batch.response_truncated).sum() / n_valid),
-        "response_tokens_mean": float(resp.sum() / n_valid),
+        "response_tokens_mean": _generated_tokens(batch) / n_valid,
     }
+    if hasattr(batch, "prompt_truncated"):
+        out["prompt_truncated_rate"] = float(np.asarray(batch.prompt_truncated).sum() / n_valid)
+    else:
+        out["context_truncated_rate"] = float(np.mean(np.asarray(batch.context_truncated)))
+    return out
 
 
 def _episode_text(tokenizer, batch, stats, e: int) -> str:
     lines = [f"success={bool(np.asarray(stats.success)[e])} return={float(np.asarray(stats.episode_return)[e]):.2f}"]
+    if not hasattr(batch, "prompt_ids"):  # conversation mode: the whole buffer
+        attn = np.asarray(batch.attn)[e] == 1
+        return lines[0] + "\n" + tokenizer.decode(np.asarray(batch.ids)[e][attn])
     valid = np.asarray(batch.valid)[e]
     for t in np.flatnonzero(valid):
         pm = np.asarray(batch.prompt_mask)[e, t] == 1
@@ -80,14 +91,23 @@ class Trainer:
 
     def __init__(self, *, output_dir, model_path, env_name, rollout_mode, rl_config, tasks_per_step, group_size,
                  minibatch_size, max_response_tokens, temperature, top_p, top_k, eval_temperature,
-                 eval_episodes, invalid_penalty, seed, mesh, thinking):
+                 eval_episodes, invalid_penalty, seed, mesh, thinking, prompt_mode="window",
+                 max_context_tokens=4096):
         self.output_dir, self.env_name, self.rollout_mode = output_dir, env_name, rollout_mode
         self.cfg: rl.RLConfig = rl_config
         self.tasks_per_step, self.group_size = tasks_per_step, group_size
         self.minibatch_size, self.invalid_penalty = minibatch_size, invalid_penalty
         self.eval_episodes, self.seed, self.mesh = eval_episodes, seed, mesh
         self.temperature = temperature
+        self.prompt_mode, self.max_context_tokens = prompt_mode, max_context_tokens
         ppo = rl_config.algorithm == "ppo"
+        if prompt_mode == "conversation":
+            if rollout_mode != "host":
+                raise ValueError("prompt_mode='conversation' keeps a growing buffer per episode on the host: set "
+                                 "train.rollout_mode = 'host'.")
+            if ppo:
+                raise ValueError("prompt_mode='conversation' trains one sample per episode with the GRPO advantage; "
+                                 "use RLConfig.algorithm = 'grpo' or prompt_mode = 'window' for PPO.")
         policy, self.tokenizer = load_policy(model_path, with_value_head=ppo, mesh=mesh)
         self.chat = ChatFormat.from_tokenizer(self.tokenizer, thinking=thinking)
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
@@ -113,7 +133,9 @@ class Trainer:
                 raise ValueError(f"{env_name} runs on the host: set train.rollout_mode = 'host'.")
             self.text = text_tasks.TextEnvSetup(env_name, chat=self.chat)
             self.max_prompt_tokens = self.text.max_prompt_tokens
-        self._score = jax.jit(functools.partial(learner.score_samples, prompt_len=self.max_prompt_tokens,
+        # Window samples are [prompt P | response N]; conversation samples are [1 | rest of the buffer].
+        self.prompt_len = 1 if prompt_mode == "conversation" else self.max_prompt_tokens
+        self._score = jax.jit(functools.partial(learner.score_samples, prompt_len=self.prompt_len,
                                                 temperature=max(temperature, 1e-6) if temperature > 0 else 1.0,
                                                 with_values=ppo))
         self.timings: Dict[str, float] = {}
@@ -128,6 +150,9 @@ class Trainer:
             task = SokobanHostTask(self.env, self.prompter, level_keys)
         else:
             task = self.text.task(episode_seeds, split)
+        if self.prompt_mode == "conversation":
+            return host_conversation_rollout(self.graphdef, params, task, self.chat, config, key, self.tokenizer,
+                                             self.max_context_tokens, self.invalid_penalty, timings=self.timings)
         return host_rollout(self.graphdef, params, task, config, key, self.tokenizer, self.max_prompt_tokens,
                             self.invalid_penalty, timings=self.timings)
 
@@ -145,7 +170,8 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------------- update
     def prepare(self, params, batch, stats) -> Dict[str, np.ndarray]:
-        samples, index = learner.flatten_samples(batch)
+        flatten = learner.flatten_conversations if self.prompt_mode == "conversation" else learner.flatten_samples
+        samples, index = flatten(batch)
         scored = self._score_all(params, samples)
         samples["old_logprobs"] = scored["logprobs"]
         if self.ref_params is not None:
@@ -191,6 +217,8 @@ def train(
     top_p: float = 1.0,
     top_k: int = 0,
     thinking: bool = True,
+    prompt_mode: str = "window",
+    max_context_tokens: int = 4096,
     invalid_penalty: float = -0.1,
     eval_every: int = 15,
     eval_episodes: int = 64,
@@ -213,6 +241,7 @@ def train(
     """
     _check_choice("env_name", env_name, ENVS)
     _check_choice("rollout_mode", rollout_mode, ROLLOUT_MODES)
+    _check_choice("prompt_mode", prompt_mode, PROMPT_MODES)
     if int(num_steps) < 0:
         raise ValueError(f"train.num_steps must be >= 0 (0 = only evaluate the starting policy), got {num_steps}.")
     for name, v in (("tasks_per_step", tasks_per_step), ("group_size", group_size),
@@ -232,8 +261,9 @@ def train(
                  rl_config=rl_config, tasks_per_step=tasks_per_step, group_size=group_size,
                  minibatch_size=minibatch_size, max_response_tokens=max_response_tokens, temperature=temperature,
                  top_p=top_p, top_k=top_k, eval_temperature=eval_temperature, eval_episodes=eval_episodes,
-                 invalid_penalty=invalid_penalty, seed=seed, mesh=mesh, thinking=thinking)
-    prompt_len = tr.max_prompt_tokens
+                 invalid_penalty=invalid_penalty, seed=seed, mesh=mesh, thinking=thinking, prompt_mode=prompt_mode,
+                 max_context_tokens=max_context_tokens)
+    prompt_len = tr.prompt_len
     tx = optim.make_optimizer()
     o_sh = sharding.tree_shardings(jax.eval_shape(tx.init, tr.params), mesh, tr.rules)
     opt_state = jax.jit(tx.init, out_shardings=o_sh)(tr.params)
@@ -321,7 +351,7 @@ def _rl_iteration(tr: Trainer, rl_step, step, params, opt_state, key, rng, cfg: 
     t2 = time.perf_counter()
     m = {k: float(np.mean([float(x[k]) for x in metrics_list])) for k in metrics_list[0]} if metrics_list else {}
     m.update(_summarise(stats, batch))
-    gen_tokens = float(np.asarray(batch.response_mask).sum())
+    gen_tokens = _generated_tokens(batch)
     env_steps = float(np.asarray(batch.valid).sum())
     m.update({
         "time/rollout_s": t1 - t0, "time/update_s": t2 - t1,

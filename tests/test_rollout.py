@@ -138,3 +138,32 @@ def test_recomputed_logprobs_match_sampling_logprobs(tokenizer, policy):
     mask = samples["response_mask"] == 1
     np.testing.assert_allclose(np.asarray(scored["logprobs"])[mask], samples["sample_logprobs"][mask], atol=1e-4)
     assert mask.sum() > 10
+
+
+@pytest.mark.slow
+def test_conversation_mode_keeps_generated_ids_and_scores_consistently(tokenizer, policy):
+    from agentrl_jax.rollout import host_conversation_rollout
+
+    chat, env, pr = _small_setup(tokenizer)
+    graphdef, params = nnx.split(policy)
+    cfg = gen.GenerationConfig(max_new_tokens=6, temperature=1.0, stop_ids=chat.stop_ids, pad_id=0)
+    keys = jax.random.split(jax.random.PRNGKey(2), 4)
+    task = SokobanHostTask(env, pr, keys)
+    batch, stats = host_conversation_rollout(graphdef, params, task, chat, cfg, jax.random.PRNGKey(3), tokenizer,
+                                             max_total_tokens=1024)
+    ids, attn, loss = (np.asarray(x) for x in (batch.ids, batch.attn, batch.loss_mask))
+    assert loss.sum() > 0 and np.all(attn[loss == 1] == 1)
+    # The buffer starts with the chat-templated first message, and every turn after it is appended, never
+    # re-tokenized: the text of the buffer is exactly the conversation, and the policy's tokens sit verbatim
+    # at the loss-mask positions.
+    first = chat.encode_conversation([{"role": "user", "content": SokobanHostTask(env, pr, keys).conversation_content(0)}],
+                                     add_generation_prompt=True)
+    row = ids[0][attn[0] == 1].tolist()
+    assert row[: len(first)] == first
+    assert int(np.asarray(batch.valid)[0].sum()) >= 1
+    # Scoring the whole buffer in one forward pass reproduces the logprobs sampled turn by turn from the
+    # KV cache: positions, masks and ids line up exactly.
+    samples, _ = learner.flatten_conversations(batch)
+    scored = learner.score_samples(policy, {k: jnp.asarray(v) for k, v in samples.items()}, 1, 1.0, False)
+    m = samples["response_mask"] == 1
+    np.testing.assert_allclose(np.asarray(scored["logprobs"])[m], samples["sample_logprobs"][m], atol=1e-4)
