@@ -3,7 +3,8 @@
     python benchmarks/text_envs.py --env alfworld [--quick] [--json out.json]
     python benchmarks/text_envs.py --env all
 
-Per row: env steps/s (resets excluded; every env steps each round, a done env is reset outside the clock),
+Per row: env steps/s (resets excluded; one untimed warm-up round first (jit compiles, caches); every env steps
+each round, a done env is reset outside the clock),
 pool start-up time, memory per env (RSS of the worker process trees / envs; for the serial loop the growth
 of this process / envs), and the pool's overhead at W=1 over the serial loop. Actions are drawn from the
 admissible list with a fixed seed, so serial and pooled runs do the same work.
@@ -87,10 +88,13 @@ def run_serial(factory, n, rounds, seed=0):
     last = [env.reset(i) for i, env in enumerate(envs)]
     startup = time.perf_counter() - t0
     rng, steps, clock = random.Random(seed), 0, 0.0
-    for _ in range(rounds):
+    for r in range(rounds + 1):  # round 0 warms up (jit compiles, lazy caches) off the clock
         acts = [_choose(rng, s) for s in last]
         t = time.perf_counter()
         last = [env.step(a) for env, a in zip(envs, acts)]
+        if r == 0:
+            last = [env.reset(i) for i, env in enumerate(envs)]
+            continue
         clock += time.perf_counter() - t
         steps += n
         last = [env.reset(rng.randrange(10**6)) if s.done else s for env, s in zip(envs, last)]
@@ -110,10 +114,13 @@ def run_pool(factory, n, workers, rounds, seed=0):
         last = pool.reset(ids, ids)
         startup = time.perf_counter() - t0
         rng, steps, clock = random.Random(seed), 0, 0.0
-        for _ in range(rounds):
+        for r in range(rounds + 1):  # round 0 warms up (jit compiles, lazy caches) off the clock
             acts = [_choose(rng, s) for s in last]
             t = time.perf_counter()
             last = pool.step(ids, acts)
+            if r == 0:
+                last = pool.reset(ids, ids)
+                continue
             clock += time.perf_counter() - t
             steps += n
             done = [i for i in ids if last[i].done]
