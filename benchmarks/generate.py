@@ -113,7 +113,7 @@ def main(argv=None):
                    ours_ttft_ms=1e3 * ttft_ours, hf_ttft_ms=1e3 * ttft_hf,
                    ours_compile_s=(first - t_ours) + (first1 - ttft_ours), same_tokens=same)
         rows.append(row)
-        print(f"  batch {b} done", flush=True)
+        print(f"  batch {b}: " + ", ".join(f"{k}={v:.3g}" for k, v in row.items()), flush=True)
 
     hdr = f"{'batch':>5} | {'ours tok/s':>10} | {'HF tok/s':>9} | {'speedup':>7} | {'ours TTFT ms':>12} | " \
           f"{'HF TTFT ms':>10} | {'ours compile s':>14} | {'same greedy':>11}"
