@@ -411,9 +411,16 @@ def repo_gin_dir() -> str:
 
 def parse_gin(gin_files: Sequence[str], bindings: Sequence[str], search_paths: Sequence[str] = ()) -> None:
     """Parse gin files and bindings, failing with the file's name (before any compilation)."""
-    for path in [*search_paths, repo_gin_dir(), "."]:
+    for path in [*search_paths, repo_gin_dir()]:
         if path and os.path.isdir(path):
-            gin.add_config_file_search_path(path)
+            gin.add_config_file_search_path(os.path.abspath(path))
+    # gin tries the working folder first and, when that misses, imports the include's first path component as a
+    # Python package ('runs/grpo.gin' -> package `runs`), which breaks on unrelated folders of that name.
+    # Our search paths go first so includes resolve as plain files.
+    prefixes = getattr(gin.config, "_LOCATION_PREFIXES", None)
+    if isinstance(prefixes, list) and "" in prefixes:
+        prefixes.remove("")
+        prefixes.append("")
     for f in gin_files:
         if not os.path.exists(f) and not any(os.path.exists(os.path.join(p, f)) for p in [*search_paths, repo_gin_dir()]):
             raise SystemExit(f"error: gin file {f!r} not found (looked in the working folder, {repo_gin_dir()}"
