@@ -17,6 +17,7 @@ counts toward the step limit.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 from typing import Any, Callable, Dict, List, Optional, Protocol, Sequence, Tuple
 
@@ -217,6 +218,12 @@ def host_rollout(graphdef, params, task: HostTask, config: gen.GenerationConfig,
     return batch, stats
 
 
+@functools.lru_cache(maxsize=8)
+def _jitted_env_fns(env: sk.Sokoban):
+    """Compiled batched reset and single step, cached per env so host tasks do not recompile each batch."""
+    return jax.jit(lambda keys: jax.vmap(env.reset)(keys)[0]), jax.jit(env.step)
+
+
 class SokobanHostTask:
     """JAX Sokoban episodes stepped from the host with the same prompt ids as the device path (for the
     device-vs-host benchmark and equality tests)."""
@@ -224,12 +231,12 @@ class SokobanHostTask:
     def __init__(self, env: sk.Sokoban, prompter: SokobanPrompter, level_keys: jax.Array):
         self.env, self.prompter = env, prompter
         self.num_episodes, self.max_turns = int(level_keys.shape[0]), env.max_steps
-        states, _ = jax.vmap(env.reset)(level_keys)
+        reset, self._step = _jitted_env_fns(env)
+        states = jax.device_get(reset(level_keys))
         self.states = [jax.tree.map(lambda x, i=i: x[i], states) for i in range(self.num_episodes)]
         self.prev = list(self.states)
         self.prev_action = [-1] * self.num_episodes
         self.turn = [0] * self.num_episodes
-        self._step = jax.jit(env.step)
 
     def prompt_ids(self, episode: int) -> List[int]:
         return self.prompter.host_prompt_ids(self.states[episode], self.prev[episode], self.prev_action[episode],

@@ -122,6 +122,7 @@ class Trainer:
         self.rules = sharding.logical_rules()
         self.param_sh = sharding.tree_shardings(params, mesh, self.rules)
         self.params = jax.device_put(params, self.param_sh)
+        self.ref_params = None  # set by train(): the policy at the start of RL, when the KL term is on
         if env_name == "sokoban":
             self.env = sk.Sokoban()
             self.prompter = SokobanPrompter(self.chat, dim=self.env.dim, max_steps=self.env.max_steps)
@@ -348,6 +349,7 @@ def _rl_iteration(tr: Trainer, rl_step, step, params, opt_state, key, rng, cfg: 
             mb = sharding.shard_batch({k: jnp.asarray(v) for k, v in mb.items()}, rl_step_shardings(tr))
             params, opt_state, m = rl_step(params, opt_state, mb, jax.random.fold_in(key, step * 1000 + epoch))
             metrics_list.append(m)
+    jax.block_until_ready(params)  # the steps run asynchronously; time them to the end
     t2 = time.perf_counter()
     m = {k: float(np.mean([float(x[k]) for x in metrics_list])) for k in metrics_list[0]} if metrics_list else {}
     m.update(_summarise(stats, batch))
