@@ -1,0 +1,132 @@
+"""The `Level` pytree shared by the generator, the env, the renderers and the solver.
+
+A level is four arrays on a dim×dim grid: `walls`, `targets` and `boxes` (bool[dim, dim]) and `player`
+(int32[2], (row, column)). The same NamedTuple holds NumPy arrays on the host (solver, tests) and JAX
+arrays inside jit (generator output). Cells are addressed row-major: flat index = row * dim + column.
+"""
+from __future__ import annotations
+
+from typing import Any, NamedTuple, Sequence
+
+import numpy as np
+
+# Cell kinds, the env's observation codes and the renderers' lookup index (order matters: it is the
+# index into the pre-tokenized piece tables).
+EMPTY, WALL, GOAL, BOX, BOX_ON_GOAL, PLAYER, PLAYER_ON_GOAL = range(7)
+NUM_KINDS = 7
+
+# Action ids 0..3 and their (row, column) moves.
+UP, DOWN, LEFT, RIGHT = range(4)
+MOVES = np.array([[-1, 0], [1, 0], [0, -1], [0, 1]], dtype=np.int32)
+
+# ASCII used by `Level.from_strings` / `Level.to_strings` (the common Sokoban text format; RAGEN's
+# symbols are accepted too when reading).
+_READ = {
+    "#": (True, False, False, False),
+    " ": (False, False, False, False),
+    "_": (False, False, False, False),
+    "-": (False, False, False, False),
+    ".": (False, True, False, False),
+    "O": (False, True, False, False),
+    "$": (False, False, True, False),
+    "X": (False, False, True, False),
+    "*": (False, True, True, False),
+    "√": (False, True, True, False),
+    "@": (False, False, False, True),
+    "P": (False, False, False, True),
+    "+": (False, True, False, True),
+    "S": (False, True, False, True),
+}
+_WRITE = {EMPTY: " ", WALL: "#", GOAL: ".", BOX: "$", BOX_ON_GOAL: "*", PLAYER: "@", PLAYER_ON_GOAL: "+"}
+
+
+class Level(NamedTuple):
+    """One Sokoban level (or a batch of them, with leading batch axes)."""
+
+    walls: Any
+    targets: Any
+    boxes: Any
+    player: Any
+
+    @classmethod
+    def from_strings(cls, rows: Sequence[str]) -> "Level":
+        """Parse a square ASCII level: `#` wall, space/`_` floor, `.` goal, `$` box, `*` box on goal,
+        `@` player, `+` player on goal (RAGEN's `O X √ P S` also accepted)."""
+        rows = list(rows)
+        dim = len(rows)
+        if dim == 0 or any(len(r) != dim for r in rows):
+            raise ValueError(f"Level rows must form a square grid; got row lengths {[len(r) for r in rows]}.")
+        walls = np.zeros((dim, dim), bool)
+        targets = np.zeros((dim, dim), bool)
+        boxes = np.zeros((dim, dim), bool)
+        players = []
+        for r, row in enumerate(rows):
+            for c, ch in enumerate(row):
+                if ch not in _READ:
+                    raise ValueError(f"Unknown level character {ch!r} at ({r}, {c}); use one of {''.join(_READ)!r}.")
+                w, t, b, p = _READ[ch]
+                walls[r, c], targets[r, c], boxes[r, c] = w, t, b
+                if p:
+                    players.append((r, c))
+        if len(players) != 1:
+            raise ValueError(f"A level needs exactly one player ('@' or '+'); found {len(players)}.")
+        return cls(walls, targets, boxes, np.array(players[0], np.int32))
+
+    def to_strings(self) -> list[str]:
+        """The inverse of `from_strings` (unbatched levels only)."""
+        kinds = cell_kinds(self, xp=np)
+        return ["".join(_WRITE[int(k)] for k in row) for row in kinds]
+
+    @property
+    def dim(self) -> int:
+        return int(np.shape(self.walls)[-1])
+
+
+def to_numpy(level: Level) -> Level:
+    """Host copy of a (possibly JAX) level."""
+    return Level(*(np.asarray(x) for x in level))
+
+
+def cell_kinds(level: Level, xp=None):
+    """int8[..., dim, dim] of cell kinds (EMPTY..PLAYER_ON_GOAL) for `level` or any object with
+    walls/targets/boxes/player fields. `xp` is `numpy` for host use, `jax.numpy` (default) inside jit."""
+    if xp is None:
+        import jax.numpy as xp  # noqa: PLC0415 (keeps NumPy-only users free of a jax import cost here)
+    walls, targets, boxes, player = level.walls, level.targets, level.boxes, level.player
+    dim = walls.shape[-1]
+    rows = xp.arange(dim).reshape(dim, 1)
+    cols = xp.arange(dim).reshape(1, dim)
+    is_player = (rows == player[..., 0, None, None]) & (cols == player[..., 1, None, None])
+    base = xp.where(walls, WALL, xp.where(boxes, xp.where(targets, BOX_ON_GOAL, BOX), xp.where(targets, GOAL, EMPTY)))
+    kinds = xp.where(is_player, xp.where(targets, PLAYER_ON_GOAL, PLAYER), base)
+    return kinds.astype(xp.int8)
+
+
+def check_level(level: Level, dim: int | None = None, num_boxes: int | None = None) -> Level:
+    """Validate a concrete (host) level; returns its NumPy copy or raises ValueError naming the problem."""
+    lv = to_numpy(level)
+    if lv.walls.ndim != 2 or lv.walls.shape[0] != lv.walls.shape[1]:
+        raise ValueError(f"Level walls must be a square [dim, dim] array; got shape {lv.walls.shape}.")
+    d = lv.walls.shape[0]
+    for name in ("targets", "boxes"):
+        if getattr(lv, name).shape != (d, d):
+            raise ValueError(f"Level.{name} has shape {getattr(lv, name).shape}, expected {(d, d)}.")
+    if lv.player.shape != (2,):
+        raise ValueError(f"Level.player must be (row, column); got shape {lv.player.shape}.")
+    if dim is not None and d != dim:
+        raise ValueError(f"Level is {d}x{d} but the env was built with dim={dim}.")
+    border = np.ones((d, d), bool)
+    border[1:-1, 1:-1] = False
+    if not lv.walls[border].all():
+        raise ValueError("Level must be surrounded by walls (every border cell a wall).")
+    r, c = (int(x) for x in lv.player)
+    if not (0 <= r < d and 0 <= c < d) or lv.walls[r, c] or lv.boxes[r, c]:
+        raise ValueError(f"Player at ({r}, {c}) must stand on a free floor cell.")
+    if (lv.walls & (lv.boxes | lv.targets)).any():
+        raise ValueError("Boxes and goals cannot sit on walls.")
+    nb, nt = int(lv.boxes.sum()), int(lv.targets.sum())
+    if nb != nt:
+        raise ValueError(f"Level has {nb} boxes but {nt} goals; they must match.")
+    if num_boxes is not None and nb != num_boxes:
+        raise ValueError(f"Level has {nb} boxes but the env was built with num_boxes={num_boxes}.")
+    return Level(lv.walls.astype(bool), lv.targets.astype(bool), lv.boxes.astype(bool), lv.player.astype(np.int32))
