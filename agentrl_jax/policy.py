@@ -42,10 +42,16 @@ class Policy(nnx.Module):
         return self.lm.init_cache(batch_size, max_length, dtype)
 
 
+@gin.configurable
+def tiny_model_overrides(**config_overrides):
+    """config.json fields for the locally built tiny model (e.g. `tiny_model_overrides.hidden_size = 128`)."""
+    return config_overrides
+
+
 def resolve_model_path(model_path: str) -> str:
     """`"tiny"` → the locally built tiny model folder; anything else must be a local HF folder."""
     if model_path == TINY:
-        return str(ensure_tiny_folder())
+        return str(ensure_tiny_folder(**tiny_model_overrides()))
     if not os.path.isdir(model_path):
         raise FileNotFoundError(
             f"model_path {model_path!r} is not a folder. Point train.model_path (gin macro MODEL_PATH) at a local "
