@@ -138,7 +138,7 @@ def test_batch_of_4096_reset_and_steps_and_key_determinism():
     assert not (state.walls & state.boxes).any()
     assert (init.boxes != state.boxes).any()  # some random walks pushed a box
     # Episodes solved early stop counting; the rest took all 5 steps.
-    assert (state.step_count[~state.success] == 5).all() and (state.step_count[state.success] < 5).all()
+    assert (state.step_count[~state.success] == 5).all() and (state.step_count[state.success] <= 5).all()
 
 
 # --------------------------------------------------------------------------------------------------------
