@@ -115,8 +115,8 @@ class SokobanGenerator:
         for name, p in (("turn_prob", turn_prob), ("pull_prob", pull_prob), ("walk_turn_prob", walk_turn_prob)):
             if not 0.0 <= p <= 1.0:
                 raise ValueError(f"{name} must be a probability in [0, 1]; got {p!r}.")
-        if min_pushes > 0 and pull_prob == 0.0:
-            raise ValueError("pull_prob=0 never moves a box, so min_pushes > 0 cannot be met; raise pull_prob.")
+        if min_pushes > 1 and pull_prob == 0.0:
+            raise ValueError("pull_prob=0 moves a box only once, so min_pushes > 1 cannot be met; raise pull_prob.")
         if int(num_walks) != num_walks or num_walks < 1:
             raise ValueError(f"num_walks must be a positive integer; got {num_walks!r}.")
         if int(max_attempts) != max_attempts or max_attempts < 1:
