@@ -24,9 +24,20 @@ def expert_answer(action: int, thinking: bool, state=None) -> str:
     return f"<think>{player}Moving {word} brings the box closer to the goal.</think>\n<action>{word}</action>"
 
 
+SFT_DATA = ("solver", "format")
+
+
 def sokoban_expert_samples(env: sk.Sokoban, prompter: SokobanPrompter, num_levels: int, seed: int,
-                           max_response_tokens: int) -> Dict[str, np.ndarray]:
-    """Packed SFT samples (ids, attn, response_mask) from solver solutions of `num_levels` generated levels."""
+                           max_response_tokens: int, data: str = "solver") -> Dict[str, np.ndarray]:
+    """Packed SFT samples (ids, attn, response_mask) from solver solutions of `num_levels` generated levels.
+
+    data="solver": the optimal actions (expert warm-up). data="format": the same states answered with a
+    uniformly random action word, which teaches only the answer format (a clean start for measuring what
+    RL itself learns).
+    """
+    if data not in SFT_DATA:
+        raise ValueError(f"unknown SFT data {data!r}; use one of {SFT_DATA}")
+    rng = np.random.default_rng(seed)
     keys = jax.random.split(jax.random.PRNGKey(seed), num_levels)
     states, _ = jax.jit(jax.vmap(env.reset))(keys)
     step = jax.jit(env.step)
@@ -41,7 +52,8 @@ def sokoban_expert_samples(env: sk.Sokoban, prompter: SokobanPrompter, num_level
         prev, prev_action = state, -1
         for t, action in enumerate(plan[: env.max_steps]):
             prompt = prompter.host_prompt_ids(state, prev, prev_action, t)
-            answer = prompter.encode(expert_answer(action, prompter.thinking, state)) + [stop]
+            shown = action if data == "solver" else int(rng.integers(len(sk.ACTION_WORDS)))
+            answer = prompter.encode(expert_answer(shown, prompter.thinking, state)) + [stop]
             rows.append((prompt, answer[:n]))
             prev, prev_action = state, action
             state, _ = step(state, action)

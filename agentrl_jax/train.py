@@ -229,6 +229,7 @@ def train(
     sft_steps: int = 0,
     sft_levels: int = 256,
     sft_batch_size: int = 64,
+    sft_data: str = "solver",
     sample_every: int = 10,
     seed: int = 0,
     mesh=None,
@@ -303,7 +304,7 @@ def train(
         else:
             if sft_steps > 0:
                 params = _sft_warmup(tr, params, sft_steps, sft_levels, sft_batch_size, max_response_tokens,
-                                     logger, seed)
+                                     logger, seed, sft_data)
             ref_params = params if rl_config.kl_coef > 0 else None
             base = tr.evaluate(params, 0)
             logger.scalars(0, base)
@@ -370,11 +371,11 @@ def rl_step_shardings(tr: Trainer) -> sharding.TrainShardings:
                                    replicated=None, mesh=tr.mesh, rules=tr.rules)
 
 
-def _sft_warmup(tr: Trainer, params, steps, levels, batch_size, max_response_tokens, logger, seed):
+def _sft_warmup(tr: Trainer, params, steps, levels, batch_size, max_response_tokens, logger, seed, data="solver"):
     """Supervised warm-up on solver solutions (Sokoban); its own optimizer (gin scope `sft`)."""
     if tr.env_name != "sokoban":
         raise ValueError("train.sft_steps > 0 is implemented for Sokoban (solver experts); set it to 0 for text envs.")
-    data = sokoban_expert_samples(tr.env, tr.prompter, levels, seed + 10_000, max_response_tokens)
+    samples = sokoban_expert_samples(tr.env, tr.prompter, levels, seed + 10_000, max_response_tokens, data)
     with gin.config_scope("sft"):
         tx = optim.make_optimizer()
     o_sh = sharding.tree_shardings(jax.eval_shape(tx.init, params), tr.mesh, tr.rules)
@@ -386,7 +387,7 @@ def _sft_warmup(tr: Trainer, params, steps, levels, batch_size, max_response_tok
     rng = np.random.default_rng(seed)
     done = 0
     while done < steps:
-        for mb in learner.minibatches(data, batch_size, rng):
+        for mb in learner.minibatches(samples, batch_size, rng):
             mb = sharding.shard_batch({k: jnp.asarray(v) for k, v in mb.items()}, spec)
             params, opt_state, m = step_fn(params, opt_state, mb, jax.random.PRNGKey(done))
             done += 1
