@@ -61,7 +61,7 @@ class SokobanGenerator:
       room: "carve" (random-walk room topology) or "open" (the whole interior is floor).
       num_carve_steps: length of the carving walk; default 1.7 * 2 * dim, like gym-sokoban.
       turn_prob: chance the carving walk changes direction at each step.
-      pull_prob: chance a possible pull is taken during the backward walk (the first move always pulls).
+      pull_prob: chance a possible pull is taken during the backward walk (the first two moves always pull).
       walk_turn_prob: chance the backward walk draws a new direction at each step (else it keeps going).
       num_walks: backward walks tried in parallel per attempt (the first one reaching min_pushes is kept).
       max_attempts: resampling cap per level; past it the last sample is kept and `generate` reports
@@ -177,15 +177,16 @@ class SokobanGenerator:
         floor = self._carve(k_room).reshape(n)
 
         # Distinct random floor cells: the nb goals, then the player. The first goal is drawn among cells
-        # with two free cells in a row beside them (where a pull can start) when the room has any.
+        # with two (better three) free cells in a row beside them, where pulls can start, when there are any.
         moves = jnp.asarray(self._flat_moves)
         idx = jnp.arange(n)
-        beside1 = jnp.clip(idx[:, None] + moves[None, :], 0, n - 1)
-        beside2 = jnp.clip(idx[:, None] + 2 * moves[None, :], 0, n - 1)
-        pullable = floor & jnp.any(floor[beside1] & floor[beside2], axis=1)
+        beside = [jnp.clip(idx[:, None] + k * moves[None, :], 0, n - 1) for k in (1, 2, 3)]
+        run2 = floor[beside[0]] & floor[beside[1]]
+        pullable = floor & jnp.any(run2, axis=1)
+        pullable2 = floor & jnp.any(run2 & floor[beside[2]], axis=1)  # room for two pulls in a line
         u = jax.random.uniform(k_place, (n,))
         scores = jnp.where(floor, u, -2.0)
-        scores = scores.at[jnp.argmax(jnp.where(pullable, u, -1.0))].add(1.0)
+        scores = scores.at[jnp.argmax(u + pullable + pullable2 - 2.0 * ~floor)].add(2.0)
         top, cells = jax.lax.top_k(scores, nb + 1)
         placed = top[-1] >= 0.0
         goals = cells[:nb]
@@ -195,8 +196,10 @@ class SokobanGenerator:
         # first backward move can pull), else on the random floor cell drawn above.
         side1 = goals[0] + moves  # on the grid: goals are inside the walls
         side2 = jnp.clip(goals[0] + 2 * moves, 0, n - 1)
+        side3 = jnp.clip(goals[0] + 3 * moves, 0, n - 1)
         usable = floor[side1] & ~targets[side1] & floor[side2] & ~targets[side2]
-        pick = jnp.argmax(jnp.where(usable, jax.random.uniform(k_side, (4,)), -1.0))
+        usable2 = usable & floor[side3] & ~targets[side3]
+        pick = jnp.argmax(jnp.where(usable, jax.random.uniform(k_side, (4,)) + usable2, -1.0))
         player = jnp.where(jnp.any(usable), side1[pick], cells[nb])
         dir0 = jnp.where(jnp.any(usable), pick, 0)
 
@@ -226,9 +229,10 @@ class SokobanGenerator:
         t = self.num_reverse_steps
         k_dirs, k_turns, k_pull = jax.random.split(key, 3)
         new_dirs = jax.random.randint(k_dirs, (t,), 0, 4)
-        # The first move keeps dir0: from the starting side it pulls the box one cell.
-        turns = (jax.random.uniform(k_turns, (t,)) < self.walk_turn_prob).at[0].set(False)
-        pulls = (jax.random.uniform(k_pull, (t,)) < self.pull_prob).at[0].set(True)
+        # The first two moves keep dir0 and pull: from the starting side they drag the box up to two cells
+        # along a line (a blocked second move just turns the walk).
+        turns = (jax.random.uniform(k_turns, (t,)) < self.walk_turn_prob).at[:2].set(False)
+        pulls = (jax.random.uniform(k_pull, (t,)) < self.pull_prob).at[:2].set(True)
         moves = jnp.asarray(self._flat_moves)
         min_pushes = self.min_pushes
 
