@@ -65,6 +65,7 @@ def _solve_batch(levels: sk.Level, n: int):
 # Generator
 
 
+@pytest.mark.slow
 def test_generated_levels_are_well_formed_and_solvable_with_min_pushes():
     gen = sk.SokobanGenerator(dim=6, num_boxes=1, min_pushes=2)
     levels, ok = jax.jit(jax.vmap(gen.generate))(jax.random.split(jax.random.PRNGKey(0), 1024))
@@ -113,6 +114,7 @@ def test_larger_multi_box_levels_are_solvable():
         assert plan is not None and sk.count_pushes(lv, plan) >= 3
 
 
+@pytest.mark.slow
 def test_batch_of_4096_reset_and_steps_and_key_determinism():
     env = sk.Sokoban(dim=6, num_boxes=1, max_steps=15, reward="shaped")
     keys = jax.random.split(jax.random.PRNGKey(0), 4096)
@@ -145,6 +147,7 @@ def test_batch_of_4096_reset_and_steps_and_key_determinism():
 # Step semantics
 
 
+@pytest.mark.slow
 def test_random_rollouts_match_python_reference():
     max_steps, n_env, horizon = 15, 128, 20
     envs_ = {r: sk.Sokoban(dim=6, num_boxes=1, max_steps=max_steps, reward=r) for r in ("sparse", "shaped")}
