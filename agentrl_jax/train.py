@@ -170,6 +170,21 @@ class Trainer:
         return {f"eval/{k}": v for k, v in _summarise(stats, batch).items()}
 
     # ------------------------------------------------------------------------------------------- update
+    def make_update(self, loss_fn, tx, params):
+        """(jitted sharded train step for `loss_fn`, optimizer state created sharded, its shardings)."""
+        o_sh = sharding.tree_shardings(jax.eval_shape(tx.init, params), self.mesh, self.rules)
+        opt_state = jax.jit(tx.init, out_shardings=o_sh)(params)
+        spec = sharding.TrainShardings(params=self.param_sh, opt_state=o_sh,
+                                       batch=sharding.batch_sharding(self.mesh, self.rules),
+                                       replicated=jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec()),
+                                       mesh=self.mesh, rules=self.rules)
+        self.train_sh = spec
+        return sharding.make_train_step(loss_fn, tx, self.mesh, spec, self.graphdef, donate=False), opt_state, o_sh
+
+    def shard(self, minibatch: Dict[str, np.ndarray]):
+        """A host minibatch placed on the mesh, batch dim over (data, fsdp)."""
+        return sharding.shard_batch({k: jnp.asarray(v) for k, v in minibatch.items()}, self.train_sh)
+
     def prepare(self, params, batch, stats) -> Dict[str, np.ndarray]:
         flatten = learner.flatten_conversations if self.prompt_mode == "conversation" else learner.flatten_samples
         samples, index = flatten(batch)
@@ -265,18 +280,10 @@ def train(
                  top_p=top_p, top_k=top_k, eval_temperature=eval_temperature, eval_episodes=eval_episodes,
                  invalid_penalty=invalid_penalty, seed=seed, mesh=mesh, thinking=thinking, prompt_mode=prompt_mode,
                  max_context_tokens=max_context_tokens)
-    prompt_len = tr.prompt_len
     tx = optim.make_optimizer()
-    o_sh = sharding.tree_shardings(jax.eval_shape(tx.init, tr.params), mesh, tr.rules)
-    opt_state = jax.jit(tx.init, out_shardings=o_sh)(tr.params)
-    shard_spec = sharding.TrainShardings(params=tr.param_sh, opt_state=o_sh,
-                                         batch=sharding.batch_sharding(mesh, tr.rules),
-                                         replicated=jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()),
-                                         mesh=mesh, rules=tr.rules)
-    rl_step = sharding.make_train_step(
-        functools.partial(learner.rl_loss, config=rl_config, prompt_len=prompt_len,
-                          temperature=temperature if temperature > 0 else 1.0),
-        tx, mesh, shard_spec, tr.graphdef, donate=False)
+    rl_step, opt_state, o_sh = tr.make_update(
+        functools.partial(learner.rl_loss, config=rl_config, prompt_len=tr.prompt_len,
+                          temperature=temperature if temperature > 0 else 1.0), tx, tr.params)
 
     checkpointer = ckpt.Checkpointer(os.path.join(output_dir, "checkpoints"), save_every=checkpoint_every,
                                      keep=keep_checkpoints, best_metric="eval/success_rate")
@@ -347,8 +354,7 @@ def _rl_iteration(tr: Trainer, rl_step, step, params, opt_state, key, rng, cfg: 
     metrics_list = []
     for epoch in range(cfg.ppo_epochs):
         for mb in learner.minibatches(samples, tr.minibatch_size, rng):
-            mb = sharding.shard_batch({k: jnp.asarray(v) for k, v in mb.items()}, rl_step_shardings(tr))
-            params, opt_state, m = rl_step(params, opt_state, mb, jax.random.fold_in(key, step * 1000 + epoch))
+            params, opt_state, m = rl_step(params, opt_state, tr.shard(mb), jax.random.fold_in(key, step * 1000 + epoch))
             metrics_list.append(m)
     jax.block_until_ready(params)  # the steps run asynchronously; time them to the end
     t2 = time.perf_counter()
@@ -366,11 +372,6 @@ def _rl_iteration(tr: Trainer, rl_step, step, params, opt_state, key, rng, cfg: 
     return params, opt_state, m, batch, stats
 
 
-def rl_step_shardings(tr: Trainer) -> sharding.TrainShardings:
-    return sharding.TrainShardings(params=tr.param_sh, opt_state=None, batch=sharding.batch_sharding(tr.mesh, tr.rules),
-                                   replicated=None, mesh=tr.mesh, rules=tr.rules)
-
-
 def _sft_warmup(tr: Trainer, params, steps, levels, batch_size, max_response_tokens, logger, seed, data="solver"):
     """Supervised warm-up on solver solutions (Sokoban); its own optimizer (gin scope `sft`)."""
     if tr.env_name != "sokoban":
@@ -378,18 +379,12 @@ def _sft_warmup(tr: Trainer, params, steps, levels, batch_size, max_response_tok
     samples = sokoban_expert_samples(tr.env, tr.prompter, levels, seed + 10_000, max_response_tokens, data)
     with gin.config_scope("sft"):
         tx = optim.make_optimizer()
-    o_sh = sharding.tree_shardings(jax.eval_shape(tx.init, params), tr.mesh, tr.rules)
-    opt_state = jax.jit(tx.init, out_shardings=o_sh)(params)
-    spec = sharding.TrainShardings(params=tr.param_sh, opt_state=o_sh, batch=sharding.batch_sharding(tr.mesh, tr.rules),
-                                   replicated=None, mesh=tr.mesh, rules=tr.rules)
-    step_fn = sharding.make_train_step(functools.partial(learner.sft_loss, prompt_len=tr.max_prompt_tokens), tx,
-                                       tr.mesh, spec, tr.graphdef, donate=False)
+    step_fn, opt_state, _ = tr.make_update(functools.partial(learner.sft_loss, prompt_len=tr.prompt_len), tx, params)
     rng = np.random.default_rng(seed)
     done = 0
     while done < steps:
         for mb in learner.minibatches(samples, batch_size, rng):
-            mb = sharding.shard_batch({k: jnp.asarray(v) for k, v in mb.items()}, spec)
-            params, opt_state, m = step_fn(params, opt_state, mb, jax.random.PRNGKey(done))
+            params, opt_state, m = step_fn(params, opt_state, tr.shard(mb), jax.random.PRNGKey(done))
             done += 1
             if done % 10 == 0 or done == steps:
                 logger.scalars(0, {f"sft/{k}": v for k, v in m.items()})
