@@ -11,6 +11,7 @@ SIGTERM saves one and exits cleanly.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import json
 import logging as _pylogging
@@ -122,6 +123,9 @@ class Trainer:
         self.rules = sharding.logical_rules()
         self.param_sh = sharding.tree_shardings(params, mesh, self.rules)
         self.params = jax.device_put(params, self.param_sh)
+        self.train_sh = sharding.TrainShardings(
+            params=self.param_sh, opt_state=None, batch=sharding.batch_sharding(mesh, self.rules),
+            replicated=jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()), mesh=mesh, rules=self.rules)
         self.ref_params = None  # set by train(): the policy at the start of RL, when the KL term is on
         if env_name == "sokoban":
             self.env = sk.Sokoban()
@@ -143,6 +147,8 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------------ rollout
     def rollout(self, params, level_keys, key, config, episode_seeds=None, split="train"):
+        # Keys live replicated on the mesh next to the (sharded) parameters.
+        level_keys, key = jax.device_put((level_keys, key), self.train_sh.replicated)
         if self.env_name == "sokoban" and self.rollout_mode == "device":
             batch, stats = self._device_rollout(self.graphdef, params, self.env, self.prompter, config, level_keys,
                                                 key, invalid_penalty=self.invalid_penalty)
@@ -174,11 +180,7 @@ class Trainer:
         """(jitted sharded train step for `loss_fn`, optimizer state created sharded, its shardings)."""
         o_sh = sharding.tree_shardings(jax.eval_shape(tx.init, params), self.mesh, self.rules)
         opt_state = jax.jit(tx.init, out_shardings=o_sh)(params)
-        spec = sharding.TrainShardings(params=self.param_sh, opt_state=o_sh,
-                                       batch=sharding.batch_sharding(self.mesh, self.rules),
-                                       replicated=jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec()),
-                                       mesh=self.mesh, rules=self.rules)
-        self.train_sh = spec
+        spec = dataclasses.replace(self.train_sh, opt_state=o_sh)
         return sharding.make_train_step(loss_fn, tx, self.mesh, spec, self.graphdef, donate=False), opt_state, o_sh
 
     def shard(self, minibatch: Dict[str, np.ndarray]):

@@ -59,7 +59,7 @@ def test_train_writes_logs_checkpoints_and_resumes(tmp_path):
     assert sorted(int(d) for d in os.listdir(ckpts) if d.isdigit()) == [1]
     assert any(f.startswith("events") for f in os.listdir(os.path.join(tmp_path, "tb")))
     assert os.path.exists(os.path.join(tmp_path, "operative_config.gin"))
-    assert "eval/success_rate" in first and "kl_loss" in first
+    assert "eval/success_rate" in first and "pg_loss" in first and "time/update_s" in first
     # A second run with a larger budget resumes from step 1 (no SFT again) and finishes step 2.
     second = _run(TINY_FILES, _bindings(tmp_path, **{"train.num_steps": 2}))
     assert sorted(int(d) for d in os.listdir(ckpts) if d.isdigit()) == [1, 2]
