@@ -343,6 +343,8 @@ def train(
     finally:
         checkpointer.close()
         logger.close()
+        if getattr(tr, "text", None) is not None:
+            tr.text.close()  # stop the env worker processes (and their JVMs)
     return last
 
 
