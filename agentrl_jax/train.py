@@ -123,6 +123,7 @@ class Trainer:
         self.rules = sharding.logical_rules()
         self.param_sh = sharding.tree_shardings(params, mesh, self.rules)
         self.params = jax.device_put(params, self.param_sh)
+        self.accum_steps = 1
         self.train_sh = sharding.TrainShardings(
             params=self.param_sh, opt_state=None, batch=sharding.batch_sharding(mesh, self.rules),
             replicated=jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()), mesh=mesh, rules=self.rules)
@@ -176,16 +177,25 @@ class Trainer:
         return {f"eval/{k}": v for k, v in _summarise(stats, batch).items()}
 
     # ------------------------------------------------------------------------------------------- update
-    def make_update(self, loss_fn, tx, params):
-        """(jitted sharded train step for `loss_fn`, optimizer state created sharded, its shardings)."""
+    def make_update(self, loss_fn, tx, params, accum_steps: int = 1):
+        """(jitted sharded train step for `loss_fn`, optimizer state created sharded, its shardings).
+
+        accum_steps > 1: each minibatch is split into that many micro-batches whose gradients are averaged
+        (bounds activation memory for long prompts); feed it through `shard(mb, accum_steps)`.
+        """
         o_sh = sharding.tree_shardings(jax.eval_shape(tx.init, params), self.mesh, self.rules)
         opt_state = jax.jit(tx.init, out_shardings=o_sh)(params)
         spec = dataclasses.replace(self.train_sh, opt_state=o_sh)
-        return sharding.make_train_step(loss_fn, tx, self.mesh, spec, self.graphdef, donate=False), opt_state, o_sh
+        step = sharding.make_train_step(loss_fn, tx, self.mesh, spec, self.graphdef, accum_steps=accum_steps,
+                                        donate=False)
+        return step, opt_state, o_sh
 
-    def shard(self, minibatch: Dict[str, np.ndarray]):
-        """A host minibatch placed on the mesh, batch dim over (data, fsdp)."""
-        return sharding.shard_batch({k: jnp.asarray(v) for k, v in minibatch.items()}, self.train_sh)
+    def shard(self, minibatch: Dict[str, np.ndarray], accum_steps: int = 1):
+        """A host minibatch placed on the mesh, batch dim over (data, fsdp); with `accum_steps` > 1 reshaped
+        to [accum_steps, micro_batch, ...]."""
+        if accum_steps > 1:
+            minibatch = {k: v.reshape((accum_steps, -1) + v.shape[1:]) for k, v in minibatch.items()}
+        return sharding.shard_batch({k: jnp.asarray(v) for k, v in minibatch.items()}, self.train_sh, accum_steps)
 
     def prepare(self, params, batch, stats) -> Dict[str, np.ndarray]:
         flatten = learner.flatten_conversations if self.prompt_mode == "conversation" else learner.flatten_samples
@@ -230,6 +240,7 @@ def train(
     tasks_per_step: int = 16,
     group_size: int = 8,
     minibatch_size: int = 256,
+    micro_batch_size: Optional[int] = None,
     max_response_tokens: int = 512,
     temperature: float = 1.0,
     top_p: float = 1.0,
@@ -267,6 +278,11 @@ def train(
                     ("minibatch_size", minibatch_size), ("max_response_tokens", max_response_tokens)):
         if int(v) < 1:
             raise ValueError(f"train.{name} must be >= 1, got {v}.")
+    micro = micro_batch_size or minibatch_size
+    if micro < 1 or minibatch_size % micro:
+        raise ValueError(f"train.micro_batch_size={micro_batch_size} must divide train.minibatch_size={minibatch_size} "
+                         "(gradients of the micro-batches are averaged into one update).")
+    accum_steps = minibatch_size // micro
     rl_config = rl.RLConfig()
     if rl_config.algorithm == "grpo" and group_size < 2:
         raise ValueError("GRPO compares rollouts of the same task: set train.group_size >= 2.")
@@ -285,7 +301,8 @@ def train(
     tx = optim.make_optimizer()
     rl_step, opt_state, o_sh = tr.make_update(
         functools.partial(learner.rl_loss, config=rl_config, prompt_len=tr.prompt_len,
-                          temperature=temperature if temperature > 0 else 1.0), tx, tr.params)
+                          temperature=temperature if temperature > 0 else 1.0), tx, tr.params, accum_steps)
+    tr.accum_steps = accum_steps
 
     checkpointer = ckpt.Checkpointer(os.path.join(output_dir, "checkpoints"), save_every=checkpoint_every,
                                      keep=keep_checkpoints, best_metric="eval/success_rate")
@@ -358,7 +375,8 @@ def _rl_iteration(tr: Trainer, rl_step, step, params, opt_state, key, rng, cfg: 
     metrics_list = []
     for epoch in range(cfg.ppo_epochs):
         for mb in learner.minibatches(samples, tr.minibatch_size, rng):
-            params, opt_state, m = rl_step(params, opt_state, tr.shard(mb), jax.random.fold_in(key, step * 1000 + epoch))
+            params, opt_state, m = rl_step(params, opt_state, tr.shard(mb, tr.accum_steps),
+                                           jax.random.fold_in(key, step * 1000 + epoch))
             metrics_list.append(m)
     jax.block_until_ready(params)  # the steps run asynchronously; time them to the end
     t2 = time.perf_counter()
