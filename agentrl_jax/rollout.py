@@ -144,6 +144,11 @@ def _policy_cache(graphdef, params, batch: int, length: int):
 
 
 # ---------------------------------------------------------------------------------------------- on host
+def _answer_text(tokenizer, generated: Sequence[int], stopped: bool) -> str:
+    """The answer as text for the env / parser: the generated ids without the stop token that ended them."""
+    return tokenizer.decode(generated[:-1] if stopped else generated)
+
+
 class HostTask(Protocol):
     """A batch of episodes stepped from the host (see `PoolTask`, `SokobanHostTask`)."""
 
@@ -194,8 +199,7 @@ def host_rollout(graphdef, params, task: HostTask, config: gen.GenerationConfig,
         tokens, lps = np.asarray(res.tokens), np.asarray(res.logprobs)
         lengths, stopped = np.asarray(res.lengths), np.asarray(res.stopped)
         t1 = time.perf_counter()
-        answers = [tokenizer.decode(tokens[j, : max(lengths[j] - 1, 0)] if stopped[j] else tokens[j, : lengths[j]])
-                   for j in range(active.size)]
+        answers = [_answer_text(tokenizer, tokens[j, : lengths[j]], stopped[j]) for j in range(active.size)]
         results = task.step(active.tolist(), answers)
         t2 = time.perf_counter()
         timings["generate"] = timings.get("generate", 0.0) + (t1 - t0)
@@ -394,7 +398,7 @@ def host_conversation_rollout(graphdef, params, task, chat, config: gen.Generati
             buffers[i] += out
             loss[i] += [1] * len(out)
             lps[i] += lp[i, : lengths[i]].tolist()
-            answers.append(tokenizer.decode(out[:-1] if stopped[i] else out))
+            answers.append(_answer_text(tokenizer, out, stopped[i]))
         results = task.step(idx.tolist(), answers)
         t2 = time.perf_counter()
         timings["generate"] = timings.get("generate", 0.0) + (t1 - t0)
