@@ -1,28 +1,52 @@
 """Text-env throughput: a plain serial loop vs `EnvPool` with W = 1, 2 workers, for 1, 8, 32 envs.
 
-    python benchmarks/text_envs.py --env alfworld [--quick] [--json out.json]
-    python benchmarks/text_envs.py --env all
+    python benchmarks/text_envs.py --env alfworld --json text_envs.json      # default run (< ~10 min idle)
+    python benchmarks/text_envs.py --env alfworld --quick                     # 1 and 8 envs, short
+    python benchmarks/text_envs.py --env all                                  # every env below
 
-Per row: env steps/s (resets excluded; one untimed warm-up round first (jit compiles, caches); every env steps
-each round, a done env is reset outside the clock),
-pool start-up time, memory per env (RSS of the worker process trees / envs; for the serial loop the growth
-of this process / envs), and the pool's overhead at W=1 over the serial loop. Actions are drawn from the
-admissible list with a fixed seed, so serial and pooled runs do the same work.
+Same work in every mode: env i plays seed i (an ALFWorld game, a SciWorld (task, variation), a Sokoban
+level) and replays that episode's expert script (ALFWorld walkthrough, SciWorld gold path, Sokoban BFS
+plan, the debug env's plan). A round steps every env once with the next action of its script (one batched
+`pool.step` call, or one pass of the serial loop); an env whose episode ended or whose script ran out is
+reset to the same seed off the clock and replays it. Each repetition starts from a reset of all envs, so
+every repetition of every mode executes the identical (env, seed, action) sequence; the benchmark checks
+that (a digest of the sequence and of each step's done flag) and, on the untimed warm-up repetition, that
+every mode saw the same observations, rewards and done flags, and it raises if any of that differs or a
+pool call failed (timeout, crash, env error).
 
-Add an env by putting a zero-argument function returning a picklable env factory into `ENV_FACTORIES`.
+Timing: the warm-up repetition (jit compiles, JVM JIT, per-process caches of the env) is off the clock and
+replays exactly the timed work, so pool workers and the parent start the clock equally warm. Then `--reps`
+repetitions run interleaved (serial, W=1, W=2, serial, W=1, W=2, ...) so load drift hits every mode alike;
+rates are medians over repetitions. Only the step calls are timed (resets are not).
+
+Columns: steps/s (median over repetitions; ±% = half the min-max spread), overhead = 1 - pool/serial rate
+(the W=1 target is < 10%), ms/call+ = extra wall time of one batched call over the serial loop, scaling = rate(W) / rate(W=1) with the ideal min(W, cores) in brackets,
+start-up (building the envs + first reset), MB/env (serial: RSS growth of this process and its children,
+e.g. JVMs; pool: RSS of the worker process trees, / envs), parent CPU µs per env step (serial: the env work
+itself; pool: what the parent spends on pipes and pickling), load = 1-min load average during the block.
+Below each block: the pickled size of a TextStep and the time to pickle + unpickle one (the pool's
+serialisation cost, sent once per worker per batch).
+
+Add an env by putting a zero-argument function returning a picklable env factory into `ENV_FACTORIES`; its
+envs' `expert_actions()` after `reset(seed)` gives the script (else a fixed fallback script).
 Keep module-level imports light: spawned workers re-import this file as `__mp_main__`.
 """
 from __future__ import annotations
 
 import argparse
 import functools
+import hashlib
 import json
 import os
-import random
+import pickle
+import statistics
 import sys
 import time
 
 sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..")))
+
+# SciWorld tasks with short, reproducible gold paths (test-conductivity's gold path takes seconds to compute).
+SCIWORLD_TASKS = ("boil", "chemistry-mix", "find-animal", "grow-plant", "use-thermometer")
 
 
 def _alfworld():
@@ -39,11 +63,12 @@ def _sokoban_text():
 
 
 def _sciworld():
-    # admissible_actions are SciWorld's action templates ("focus on OBJ"), so the random actions here are
-    # mostly rejected by the parser; benchmarks/sciworld_step.py times real (gold-path) steps.
+    # reproducible_text: without it the JVM lists objects (and breaks gold-path ties) in an order that
+    # depends on its history, so the same script could do different work in different processes.
     from envs.sciworld import SciWorldEnv
 
-    return functools.partial(SciWorldEnv, split="train", max_steps=50)
+    return functools.partial(SciWorldEnv, task_names=SCIWORLD_TASKS, split="train", max_steps=100,
+                             reproducible_text=True)
 
 
 def _debug():
@@ -59,117 +84,275 @@ ENV_FACTORIES = {
     "sciworld": _sciworld,
     "debug": _debug,  # pure pool overhead: a step costs microseconds
 }
+# (rounds, reps) per env: default run, --quick run
+ROUNDS = {"alfworld": ((8, 3), (4, 2)), "sciworld": ((20, 3), (5, 2)), "sokoban_text": ((40, 5), (10, 2)),
+          "debug": ((1000, 5), (100, 2))}
+MAX_SCRIPT = 100
+# pool failures (not the env's own step limit) make a benchmark run meaningless
+_FAILURE_PREFIXES = ("timeout", "worker_crashed", "env_error", "needs_reset", "failed_reset")
 
 
 def _rss_tree(pids) -> int:
+    """RSS of these processes and all their descendants, bytes."""
     import psutil
 
     total = 0
     for pid in pids:
         try:
             p = psutil.Process(pid)
-            total += p.memory_info().rss + sum(c.memory_info().rss for c in p.children(recursive=True))
+            total += p.memory_info().rss
+            for c in p.children(recursive=True):
+                try:
+                    total += c.memory_info().rss
+                except psutil.NoSuchProcess:
+                    pass
         except psutil.NoSuchProcess:
             pass
     return total
 
 
-def _choose(rng, step) -> str:
-    acts = step.admissible_actions if step is not None and step.admissible_actions else ("look",)
-    return rng.choice(acts)
+# --------------------------------------------------------------------------------------------- runners
 
 
-def run_serial(factory, n, rounds, seed=0):
+class SerialRunner:
+    """n envs in this process, stepped one after the other (the reference)."""
+
+    mode = "serial"
+    workers = 0
+
+    def __init__(self, factory, n: int):
+        self.envs = [factory() for _ in range(n)]
+
+    def reset(self, ids, seeds):
+        return [self.envs[i].reset(s) for i, s in zip(ids, seeds)]
+
+    def step(self, actions):
+        return [env.step(a) for env, a in zip(self.envs, actions)]
+
+    def expert_actions(self, ids):
+        return [self.envs[i].expert_actions() for i in ids]
+
+    def close(self):
+        for env in self.envs:
+            env.close()
+
+
+class PoolRunner:
+    """n envs in an `EnvPool` of `workers` processes; a round is one batched `step` call."""
+
+    def __init__(self, factory, n: int, workers: int):
+        from envs.pool import EnvPool
+
+        self.mode, self.workers = f"pool W={workers}", workers
+        self.ids = list(range(n))
+        self.pool = EnvPool(factory, num_workers=workers, envs_per_worker=n // workers, step_timeout_s=600,
+                            reset_timeout_s=600, start_timeout_s=600)
+
+    def reset(self, ids, seeds):
+        return self.pool.reset(ids, seeds)
+
+    def step(self, actions):
+        return self.pool.step(self.ids, actions)
+
+    def memory_bytes(self) -> int:
+        return _rss_tree([p for p in self.pool.worker_pids() if p is not None])
+
+    def close(self):
+        self.pool.close()
+
+
+def _check_ok(mode, steps) -> None:
+    for i, s in enumerate(steps):
+        reason = str(s.info.get("truncated_reason", "")) if s.truncated else ""
+        if reason.startswith(_FAILURE_PREFIXES):
+            raise RuntimeError(f"{mode}: env {i} failed ({reason}); the run would not measure the same work "
+                               f"in every mode. Traceback from the env, if any:\n{s.info.get('traceback', '')}")
+
+
+def make_plan(runner: SerialRunner, seeds) -> list[tuple[int, tuple[str, ...]]]:
+    """(seed, script) per env: the env's expert actions right after `reset(seed)`, capped at MAX_SCRIPT."""
+    ids = list(range(len(seeds)))
+    first = runner.reset(ids, seeds)
+    plan = []
+    for seed, s, script in zip(seeds, first, runner.expert_actions(ids)):
+        script = [str(a) for a in (script or ())][:MAX_SCRIPT]
+        if not script:  # no expert known: a fixed, deterministic script
+            script = [(s.admissible_actions or ("look",))[0]] * 8
+        plan.append((int(seed), tuple(script)))
+    return plan
+
+
+def replay(runner, plan, rounds: int, record: bool = False) -> dict:
+    """Reset every env to its seed, then `rounds` batched steps of the scripts; only the step calls are timed.
+
+    An env whose episode ended or whose script ran out is reset to its seed (off the clock) and replays.
+    Returns wall and parent-CPU seconds of the step calls, the env steps done, a digest of the executed
+    (env, seed, action, done) sequence and, with `record`, every step's (observation, reward, done, success).
+    """
+    n = len(plan)
+    ids, seeds = list(range(n)), [seed for seed, _ in plan]
+    _check_ok(runner.mode, runner.reset(ids, seeds))
+    pos = [0] * n
+    wall = cpu = 0.0
+    digest = hashlib.sha1()
+    seen, outs = [], []
+    for _ in range(rounds):
+        actions = [plan[i][1][pos[i]] for i in ids]
+        c0, t0 = time.process_time(), time.perf_counter()
+        out = runner.step(actions)
+        t1, c1 = time.perf_counter(), time.process_time()
+        wall += t1 - t0
+        cpu += c1 - c0
+        _check_ok(runner.mode, out)
+        digest.update("".join(f"{i}|{seeds[i]}|{a}|{s.done}\n" for i, (a, s) in enumerate(zip(actions, out)))
+                      .encode())
+        if record:
+            seen.append([(s.observation, s.reward, s.done, s.success) for s in out])
+            outs.append(out)
+        pos = [p + 1 for p in pos]
+        again = [i for i in ids if out[i].done or pos[i] >= len(plan[i][1])]
+        if again:
+            _check_ok(runner.mode, runner.reset(again, [seeds[i] for i in again]))
+            for i in again:
+                pos[i] = 0
+    return {"wall_s": wall, "cpu_s": cpu, "steps": rounds * n, "digest": digest.hexdigest(), "seen": seen,
+            "outs": outs}
+
+
+def _compare(ref: dict, other: dict, mode: str) -> None:
+    """Raise unless `other` saw exactly what the serial reference saw (warm-up repetition)."""
+    if ref["digest"] != other["digest"]:
+        raise RuntimeError(f"{mode} executed a different (env, seed, action, done) sequence than the serial loop")
+    for r, (a, b) in enumerate(zip(ref["seen"], other["seen"])):
+        for i, (x, y) in enumerate(zip(a, b)):
+            if x != y:
+                raise RuntimeError(f"{mode}: env {i} round {r} differs from the serial loop:\n serial: {x!r}\n "
+                                   f"{mode}: {y!r}\nthe env is not deterministic across processes; make it so "
+                                   f"(e.g. SciWorldEnv(reproducible_text=True)) before timing it")
+
+
+def _pickle_cost(outs) -> tuple[float, float]:
+    """(bytes, µs) per TextStep to pickle and unpickle the recorded batches, as the pool does per batch."""
+    steps = [s for batch in outs for s in batch]
+    if not steps:
+        return 0.0, 0.0
+    best = float("inf")
+    for _ in range(3):
+        t = time.perf_counter()
+        for batch in outs:
+            pickle.loads(pickle.dumps(("result", [("ok", s) for s in batch]), protocol=pickle.HIGHEST_PROTOCOL))
+        best = min(best, time.perf_counter() - t)
+    size = sum(len(pickle.dumps(s, protocol=pickle.HIGHEST_PROTOCOL)) for s in steps)
+    return size / len(steps), 1e6 * best / len(steps)
+
+
+# --------------------------------------------------------------------------------------------- benchmark
+
+
+def bench_size(env_name: str, factory, n: int, worker_counts, rounds: int, reps: int,
+               mem_budget_mb: float | None = None) -> list[dict]:
+    """All modes for `n` envs, alive together, replayed interleaved; one row per mode."""
     import psutil
 
-    rss0 = psutil.Process().memory_info().rss
+    worker_counts = [w for w in worker_counts if w <= n and n % w == 0]
+    me = os.getpid()
+    rss0 = _rss_tree([me])
     t0 = time.perf_counter()
-    envs = [factory() for _ in range(n)]
-    last = [env.reset(i) for i, env in enumerate(envs)]
-    startup = time.perf_counter() - t0
-    rng, steps, clock = random.Random(seed), 0, 0.0
-    for r in range(rounds + 1):  # round 0 warms up (jit compiles, lazy caches) off the clock
-        acts = [_choose(rng, s) for s in last]
-        t = time.perf_counter()
-        last = [env.step(a) for env, a in zip(envs, acts)]
-        if r == 0:
-            last = [env.reset(i) for i, env in enumerate(envs)]
-            continue
-        clock += time.perf_counter() - t
-        steps += n
-        last = [env.reset(rng.randrange(10**6)) if s.done else s for env, s in zip(envs, last)]
-    mem = (psutil.Process().memory_info().rss - rss0) / n
-    for env in envs:
-        env.close()
-    return {"steps_per_s": steps / clock, "startup_s": startup, "mem_mb_per_env": mem / 2**20}
-
-
-def run_pool(factory, n, workers, rounds, seed=0):
-    from envs.pool import EnvPool
-
-    t0 = time.perf_counter()
-    with EnvPool(factory, num_workers=workers, envs_per_worker=n // workers, step_timeout_s=600,
-                 reset_timeout_s=600, start_timeout_s=600) as pool:
-        ids = list(range(n))
-        last = pool.reset(ids, ids)
-        startup = time.perf_counter() - t0
-        rng, steps, clock = random.Random(seed), 0, 0.0
-        for r in range(rounds + 1):  # round 0 warms up (jit compiles, lazy caches) off the clock
-            acts = [_choose(rng, s) for s in last]
-            t = time.perf_counter()
-            last = pool.step(ids, acts)
-            if r == 0:
-                last = pool.reset(ids, ids)
-                continue
-            clock += time.perf_counter() - t
-            steps += n
-            done = [i for i in ids if last[i].done]
-            if done:
-                for i, s in zip(done, pool.reset(done, [rng.randrange(10**6) for _ in done])):
-                    last[i] = s
-        mem = _rss_tree(pool.worker_pids()) / n
-        stats = pool.stats()
-    return {"steps_per_s": steps / clock, "startup_s": startup, "mem_mb_per_env": mem / 2**20,
-            "pool_startup_s": pool.start_time_s, "failures": stats["timeouts"] + stats["crashes"] + stats["env_errors"]}
-
-
-def bench(env_name, sizes, worker_counts, rounds):
-    factory = ENV_FACTORIES[env_name]()
-    rows = []
-    for n in sizes:
-        serial = run_serial(factory, n, rounds)
-        rows.append({"env": env_name, "envs": n, "mode": "serial", **serial})
+    serial = SerialRunner(factory, n)
+    runners, startup, mem = [serial], {}, {}
+    try:
+        plan = make_plan(serial, list(range(n)))  # includes the first reset
+        startup["serial"] = time.perf_counter() - t0
+        mem["serial"] = max(0, _rss_tree([me]) - rss0) / n
+        need = mem["serial"] * n * len(worker_counts) / 2**20
+        if mem_budget_mb is not None and need > mem_budget_mb:
+            print(f"[{env_name} {n} envs] skipped pools: they would need ~{need:.0f} MB more "
+                  f"(> {mem_budget_mb:.0f} MB available); run with fewer --sizes or on a bigger machine",
+                  flush=True)
+            worker_counts = []
         for w in worker_counts:
-            if w > n or n % w:
-                continue
-            r = run_pool(factory, n, w, rounds)
-            r["x_serial"] = r["steps_per_s"] / serial["steps_per_s"]
-            # extra wall time per batched call (n env steps) over the serial loop; < 0 when parallel wins
-            r["overhead_ms_per_call"] = 1e3 * n * (1.0 / r["steps_per_s"] - 1.0 / serial["steps_per_s"])
-            rows.append({"env": env_name, "envs": n, "mode": f"pool W={w}", **r})
-        print(_table(rows[-(1 + sum(1 for w in worker_counts if w <= n and n % w == 0)):]), flush=True)
+            t = time.perf_counter()
+            p = PoolRunner(factory, n, w)
+            runners.append(p)
+            _check_ok(p.mode, p.reset(list(range(n)), [seed for seed, _ in plan]))
+            startup[p.mode] = time.perf_counter() - t
+            mem[p.mode] = p.memory_bytes() / n
+
+        # warm-up: the exact timed work, off the clock, observations compared across modes
+        warm = {r.mode: replay(r, plan, rounds, record=True) for r in runners}
+        for r in runners[1:]:
+            _compare(warm["serial"], warm[r.mode], r.mode)
+        pk_bytes, pk_us = _pickle_cost(warm["serial"]["outs"])
+
+        res = {r.mode: [] for r in runners}
+        loads = []
+        for _ in range(reps):
+            for r in runners:  # interleaved: serial, W=1, W=2, serial, ...
+                loads.append(os.getloadavg()[0])
+                out = replay(r, plan, rounds)
+                if out["digest"] != warm["serial"]["digest"]:
+                    raise RuntimeError(f"{r.mode} did different work in a timed repetition")
+                res[r.mode].append(out)
+    finally:
+        for r in runners:
+            r.close()
+
+    cores = len(os.sched_getaffinity(0))
+    load = statistics.median(loads)
+    rows = []
+    for r in runners:
+        reps_ = res[r.mode]
+        rates = [x["steps"] / x["wall_s"] for x in reps_]
+        rate = statistics.median(rates)
+        rows.append({
+            "env": env_name, "envs": n, "mode": r.mode, "workers": r.workers, "rounds": rounds, "reps": reps,
+            "steps_per_s": rate, "steps_per_s_reps": rates,
+            "spread": (max(rates) - min(rates)) / 2 / rate,
+            "parent_cpu_us_per_step": 1e6 * statistics.median(x["cpu_s"] / x["steps"] for x in reps_),
+            "startup_s": startup[r.mode], "mem_mb_per_env": mem[r.mode] / 2**20,
+            "load_1min": load, "loads": loads, "cores": cores,
+            "pickle_bytes_per_step": pk_bytes, "pickle_us_per_step": pk_us,
+            "work_digest": reps_[0]["digest"], "plan_steps": sum(len(s) for _, s in plan),
+        })
+    base = rows[0]["steps_per_s"]
+    w1 = next((x["steps_per_s"] for x in rows if x["workers"] == 1), None)
+    for k, row in enumerate(rows[1:], start=1):
+        row["x_serial"] = row["steps_per_s"] / base
+        row["overhead"] = 1.0 - row["x_serial"]
+        # extra wall time of one batched call (n env steps) over the serial loop; < 0 when workers run in parallel
+        row["overhead_ms_per_call"] = 1e3 * n * (1.0 / row["steps_per_s"] - 1.0 / base)
+        # paired per repetition: pool rate / serial rate of the same repetition (drift-robust)
+        row["x_serial_paired"] = statistics.median(
+            p / s for p, s in zip(row["steps_per_s_reps"], rows[0]["steps_per_s_reps"]))
+        if w1 is not None:
+            row["scaling"] = row["steps_per_s"] / w1
+            row["ideal_scaling"] = min(row["workers"], cores)
     return rows
 
 
 def _table(rows) -> str:
-    head = (f"{'env':<13}{'envs':>5}  {'mode':<11}{'steps/s':>10}{'x serial':>9}{'ms/call +':>10}"
-            f"{'start-up s':>11}{'MB/env':>8}")
+    head = (f"{'env':<13}{'envs':>5}  {'mode':<10}{'steps/s':>9}{'±%':>5}{'x serial':>9}{'overhead':>9}"
+            f"{'scaling':>12}{'ms/call+':>9}{'start-up s':>11}{'MB/env':>8}{'parent µs':>10}{'load':>6}")
     lines = [head]
     for r in rows:
         x = f"{r['x_serial']:.2f}" if "x_serial" in r else ""
-        ov = f"{r['overhead_ms_per_call']:+.2f}" if "overhead_ms_per_call" in r else ""
-        lines.append(f"{r['env']:<13}{r['envs']:>5}  {r['mode']:<11}{r['steps_per_s']:>10.1f}{x:>9}{ov:>10}"
-                     f"{r['startup_s']:>11.2f}{r['mem_mb_per_env']:>8.1f}")
+        ov = f"{100 * r['overhead']:+.0f}%" if "overhead" in r else ""
+        sc = f"{r['scaling']:.2f} ({r['ideal_scaling']})" if "scaling" in r else ""
+        ms = f"{r['overhead_ms_per_call']:+.2f}" if "overhead_ms_per_call" in r else ""
+        lines.append(f"{r['env']:<13}{r['envs']:>5}  {r['mode']:<10}{r['steps_per_s']:>9.1f}"
+                     f"{100 * r['spread']:>5.0f}{x:>9}{ov:>9}{sc:>12}{ms:>9}{r['startup_s']:>11.2f}"
+                     f"{r['mem_mb_per_env']:>8.1f}{r['parent_cpu_us_per_step']:>10.0f}{r['load_1min']:>6.2f}")
     return "\n".join(lines)
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--env", default="alfworld", help=f"one of {sorted(ENV_FACTORIES)} or 'all'")
-    ap.add_argument("--quick", action="store_true", help="1 and 8 envs, few rounds")
+    ap.add_argument("--quick", action="store_true", help="1 and 8 envs, few rounds and repetitions")
     ap.add_argument("--sizes", type=int, nargs="*", default=None, help="env counts (default 1 8 32)")
     ap.add_argument("--workers", type=int, nargs="*", default=[1, 2])
-    ap.add_argument("--rounds", type=int, default=None, help="batched steps per configuration")
+    ap.add_argument("--rounds", type=int, default=None, help="batched steps per repetition")
+    ap.add_argument("--reps", type=int, default=None, help="timed repetitions per mode (median reported)")
     ap.add_argument("--json", default=None, help="write the rows to this file")
     args = ap.parse_args(argv)
     names = sorted(ENV_FACTORIES) if args.env == "all" else [args.env]
@@ -177,14 +360,33 @@ def main(argv=None):
     if unknown:
         ap.error(f"unknown --env {unknown}; choose from {sorted(ENV_FACTORIES)} or 'all'")
     sizes = args.sizes or ([1, 8] if args.quick else [1, 8, 32])
+    if any(s < 1 for s in sizes) or any(w < 1 for w in args.workers):
+        ap.error("--sizes and --workers must be positive integers")
+    if (args.rounds is not None and args.rounds < 1) or (args.reps is not None and args.reps < 1):
+        ap.error("--rounds and --reps must be >= 1")
+
+    import psutil
+
+    print(f"cores: {len(os.sched_getaffinity(0))}, load at start: "
+          f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}", flush=True)
     rows = []
     for name in names:
-        rounds = args.rounds or ((200 if name == "debug" else 3) if args.quick else (1000 if name == "debug" else 10))
-        rows += bench(name, sizes, args.workers, rounds)
+        rounds, reps = ROUNDS.get(name, ((20, 3), (5, 2)))[1 if args.quick else 0]
+        rounds, reps = args.rounds or rounds, args.reps or reps
+        factory = ENV_FACTORIES[name]()
+        for n in sizes:
+            # leave a margin for the rest of the machine
+            budget = 0.7 * psutil.virtual_memory().available / 2**20
+            block = bench_size(name, factory, n, args.workers, rounds, reps, mem_budget_mb=budget)
+            rows += block
+            print(_table(block), flush=True)
+            print(f"  (TextStep pickled: {block[0]['pickle_bytes_per_step']:.0f} B, pickle+unpickle "
+                  f"{block[0]['pickle_us_per_step']:.1f} µs/step; {rounds} rounds x {reps} reps)\n", flush=True)
     print("\n" + _table(rows))
-    print(f"\n(cpu cores available: {len(os.sched_getaffinity(0))}; 'x serial' = pool steps/s / serial loop "
-          f"steps/s over the same envs; 'ms/call +' = extra wall time of one batched step call over the serial "
-          f"loop (negative: the workers ran in parallel); start-up = building the envs + first reset)")
+    print(f"\n(cores: {len(os.sched_getaffinity(0))}; overhead = 1 - pool/serial steps/s at the same work, target "
+          f"< 10% at W=1; scaling = steps/s(W) / steps/s(W=1), ideal in brackets; parent µs = CPU time of this "
+          f"process per env step; load = median 1-min load average during the block)")
+    print("rerun: python benchmarks/text_envs.py " + " ".join(argv if argv is not None else sys.argv[1:]))
     if args.json:
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=1)
