@@ -354,6 +354,11 @@ def main(argv=None):
     ap.add_argument("--rounds", type=int, default=None, help="batched steps per repetition")
     ap.add_argument("--reps", type=int, default=None, help="timed repetitions per mode (median reported)")
     ap.add_argument("--json", default=None, help="write the rows to this file")
+    ap.add_argument("--parent-env", choices=("worker", "inherit"), default="worker",
+                    help="'worker' (default): give this process (the serial loop) the pool workers' environment "
+                         "variables (envs.pool.DEFAULT_WORKER_ENV: one BLAS/OpenMP thread, JAX on CPU, small JVM "
+                         "heap), so the modes differ only by the pool; 'inherit': keep the shell's")
+    argv = list(sys.argv[1:] if argv is None else argv)  # copy now: some env imports rewrite sys.argv
     args = ap.parse_args(argv)
     names = sorted(ENV_FACTORIES) if args.env == "all" else [args.env]
     unknown = [n for n in names if n not in ENV_FACTORIES]
@@ -365,9 +370,14 @@ def main(argv=None):
     if (args.rounds is not None and args.rounds < 1) or (args.reps is not None and args.reps < 1):
         ap.error("--rounds and --reps must be >= 1")
 
+    if args.parent_env == "worker":
+        # before any env module (numpy, torch, JAX, JVMs) is imported or started
+        from envs.pool import DEFAULT_WORKER_ENV
+
+        os.environ.update(DEFAULT_WORKER_ENV)
     import psutil
 
-    print(f"cores: {len(os.sched_getaffinity(0))}, load at start: "
+    print(f"parent env: {args.parent_env}; cores: {len(os.sched_getaffinity(0))}, load at start: "
           f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}", flush=True)
     rows = []
     for name in names:
@@ -386,7 +396,7 @@ def main(argv=None):
     print(f"\n(cores: {len(os.sched_getaffinity(0))}; overhead = 1 - pool/serial steps/s at the same work, target "
           f"< 10% at W=1; scaling = steps/s(W) / steps/s(W=1), ideal in brackets; parent µs = CPU time of this "
           f"process per env step; load = median 1-min load average during the block)")
-    print("rerun: python benchmarks/text_envs.py " + " ".join(argv if argv is not None else sys.argv[1:]))
+    print("rerun: python benchmarks/text_envs.py " + " ".join(argv))
     if args.json:
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=1)
