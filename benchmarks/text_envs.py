@@ -19,6 +19,11 @@ replays exactly the timed work, so pool workers and the parent start the clock e
 repetitions run interleaved (serial, W=1, W=2, serial, W=1, W=2, ...) so load drift hits every mode alike;
 rates are medians over repetitions. Only the step calls are timed (resets are not).
 
+Same process environment: by default this process (where the serial loop runs) takes the workers'
+`envs.pool.DEFAULT_WORKER_ENV` (one BLAS/OpenMP thread, ...) before any env library is imported, so the
+modes differ only by the pool (`--parent-env inherit` keeps the shell's; an unpinned BLAS thread pool in the
+parent burned ~1.5x the CPU per ALFWorld step on the shared 2-core box).
+
 Columns: steps/s (median over repetitions; ±% = half the min-max spread), overhead = 1 - pool/serial rate
 (the W=1 target is < 10%), ms/call+ = extra wall time of one batched call over the serial loop, scaling = rate(W) / rate(W=1) with the ideal min(W, cores) in brackets,
 start-up (building the envs + first reset), MB/env (serial: RSS growth of this process and its children,
@@ -85,7 +90,7 @@ ENV_FACTORIES = {
     "debug": _debug,  # pure pool overhead: a step costs microseconds
 }
 # (rounds, reps) per env: default run, --quick run
-ROUNDS = {"alfworld": ((8, 3), (4, 2)), "sciworld": ((20, 3), (5, 2)), "sokoban_text": ((40, 5), (10, 2)),
+ROUNDS = {"alfworld": ((6, 3), (4, 2)), "sciworld": ((20, 3), (5, 2)), "sokoban_text": ((40, 5), (10, 2)),
           "debug": ((1000, 5), (100, 2))}
 MAX_SCRIPT = 100
 # pool failures (not the env's own step limit) make a benchmark run meaningless
