@@ -248,12 +248,12 @@ class SokobanHostTask:
 
     def conversation_content(self, episode: int) -> str:
         """Conversation mode: the full prompt (no history block) first, then only the new observation."""
-        from agentrl_jax.sokoban_prompt import prompt_parts  # noqa: PLC0415
+        from agentrl_jax.sokoban_prompt import prompt_parts, step_intro  # noqa: PLC0415
 
         obs = sk.render_text(self.states[episode], self.prompter.render_style)
         t = self.turn[episode]
         prefix, suffix = prompt_parts(self.prompter.dim, self.prompter.thinking, self.prompter.prompt_style)
-        return (prefix if t == 0 else "") + sk.step_intro(t) + obs + suffix
+        return (prefix if t == 0 else "") + step_intro(t, self.prompter.prompt_style) + obs + suffix
 
     def step(self, episodes, answers):
         out = []

@@ -31,7 +31,7 @@ def policy():
 
 
 @pytest.mark.parametrize("thinking", [False, True])
-@pytest.mark.parametrize("prompt_style,render_style", [("study", "coords"), ("compact", "grid")])
+@pytest.mark.parametrize("prompt_style,render_style", [("study", "coords"), ("compact", "grid"), ("minimal", "grid")])
 def test_device_prompt_equals_host_prompt_and_template(tokenizer, thinking, prompt_style, render_style):
     chat = ChatFormat.from_tokenizer(tokenizer, thinking=thinking)
     pr = SokobanPrompter(chat, dim=6, max_steps=15, render_style=render_style, prompt_style=prompt_style,
