@@ -6,7 +6,7 @@ each batch size. Reported: tokens/s of the decode (batch * new tokens / wall tim
 first token (a call with max_new_tokens=1: prefill + one token), and our compile time separately (first call
 minus a warm call). Also whether both produce the same greedy tokens.
 
-    python benchmarks/generate.py                 # ~100M params: hidden 768, 12 layers, vocab 32k
+    python benchmarks/generate.py                 # ~134M params: hidden 768, 12 layers, vocab 32k
     python benchmarks/generate.py --quick         # small model, for a smoke run
     python benchmarks/generate.py --batches 1,16,64 --new_tokens 128 --json out.json
 """
