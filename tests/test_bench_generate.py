@@ -1,0 +1,73 @@
+"""Smoke test of benchmarks/generate.py: a --tiny run spawns each side in fresh processes, interleaved, and
+writes sane JSON rows (medians of the per-repeat runs, identical greedy tokens on the shared weights)."""
+import json
+import math
+import os
+import statistics
+import subprocess
+import sys
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCRIPT = os.path.join(REPO, "benchmarks", "generate.py")
+
+
+def _env():
+    env = dict(os.environ)
+    # One CPU device, as a user runs it (conftest's 8 fake devices would only slow the children down).
+    env["XLA_FLAGS"] = " ".join(f for f in env.get("XLA_FLAGS", "").split()
+                                if "xla_force_host_platform_device_count" not in f)
+    return env
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_tiny_run_interleaves_fresh_processes_and_writes_rows(tmp_path):
+    out = tmp_path / "gen.json"
+    batches, repeats, n = (1, 3), 2, 4
+    proc = subprocess.run([sys.executable, SCRIPT, "--tiny", "--batches", ",".join(map(str, batches)),
+                           "--new_tokens", str(n), "--repeats", str(repeats), "--json", str(out)],
+                          cwd=str(tmp_path), env=_env(), capture_output=True, text=True, timeout=580)
+    print(proc.stdout)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    data = json.loads(out.read_text())
+    assert 100_000 < data["params"] < 200_000  # tiny: hidden 64, 2 layers, vocab 512
+    assert data["args"]["new_tokens"] == n and data["args"]["repeats"] == repeats
+    rows = data["rows"]
+    assert [r["batch"] for r in rows] == list(batches)
+    last_start = 0.0
+    for r in rows:
+        runs = r["runs"]
+        assert [x["repeat"] for x in runs] == list(range(repeats))
+        # Interleaved: ours_0 < hf_0 < ours_1 < hf_1 < ... (each a separate process, started in that order).
+        for x in runs:
+            assert last_start < x["ours_started"] < x["hf_started"]
+            last_start = x["hf_started"]
+        for k in ("ours_tok_s", "hf_tok_s", "ours_ttft_ms", "hf_ttft_ms", "ours_compile_s"):
+            assert r[k] == pytest.approx(statistics.median(x[k] for x in runs)), k
+            assert r[k] > 0 and math.isfinite(r[k]), (k, r[k])
+        assert r["speedup"] == pytest.approx(statistics.median(x["ratio"] for x in runs))
+        for x in runs:
+            assert x["ratio"] == pytest.approx(x["ours_tok_s"] / x["hf_tok_s"])
+            assert x["hf_threads"] >= 1 and x["ours_load1"] >= 0 and x["hf_load1"] >= 0
+        # Same weights, same prompt, greedy, fp32 on both sides: every generated token agrees.
+        assert r["same_tokens"] == 1.0
+        assert len(r["loadavg"]) == 3 and all(v >= 0 for v in r["loadavg"])
+        assert r["device"] == "cpu x1" and r["repeats"] == repeats
+    assert "speedup" in proc.stdout and "load 1/5/15m" in proc.stdout
+    assert sum(" repeat " in line for line in proc.stdout.splitlines()) == len(batches) * repeats
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--batches", "1,x"], "--batches must be comma-separated integers"),
+    (["--batches", "0"], "--batches must be positive"),
+    (["--repeats", "0"], "--repeats must be >= 1"),
+    (["--tiny", "--quick"], "pick one of --quick and --tiny"),
+    (["--hidden", "100", "--heads", "12"], "must divide by --heads"),
+])
+def test_bad_flags_fail_fast_with_a_clear_message(flags, message):
+    proc = subprocess.run([sys.executable, SCRIPT, *flags], env=_env(), capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 2 and message in proc.stderr, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
