@@ -15,10 +15,11 @@ token), our compile time separately (first calls minus warm calls; every fresh p
 whether both produce the same greedy tokens, and os.getloadavg() (the 1-min value includes this benchmark's
 own process, ~1). The parent process imports neither jax nor torch.
 
-    python benchmarks/generate.py                 # ~134M params: hidden 768, 12 layers, vocab 32k
+    python benchmarks/generate.py                 # ~134M params (hidden 768, 12 layers, vocab 32k), batches
+                                                  # 1,16,64, 32 new tokens, 3 repeats (~7-10 min on 2 idle cores, estimated)
     python benchmarks/generate.py --quick         # small model, for a smoke run
-    python benchmarks/generate.py --tiny --batches 1,2 --new_tokens 4 --repeats 1   # seconds; used by the test
-    python benchmarks/generate.py --batches 1,16,64 --new_tokens 128 --repeats 3 --json out.json
+    python benchmarks/generate.py --tiny --batches 1,2 --new_tokens 4 --repeats 1   # ~1 min (process start-ups)
+    python benchmarks/generate.py --new_tokens 128 --json out.json   # longer decode: roughly 3x the time
 """
 from __future__ import annotations
 
@@ -147,7 +148,8 @@ def _parse(argv):
     p.add_argument("--quick", action="store_true", help="small model (hidden 256, 4 layers) and <= 32 tokens")
     p.add_argument("--tiny", action="store_true", help="tiny model (hidden 64, 2 layers, vocab 512): seconds")
     p.add_argument("--batches", default="1,16,64", help="comma-separated batch sizes")
-    p.add_argument("--new_tokens", type=int, default=128)
+    p.add_argument("--new_tokens", type=int, default=32,
+                   help="tokens per call (32 keeps the default run under ~10 min on 2 cores; HF at batch 64 is slow)")
     p.add_argument("--prompt_len", type=int, default=32)
     p.add_argument("--hidden", type=int, default=768)
     p.add_argument("--layers", type=int, default=12)
@@ -196,7 +198,7 @@ def main(argv=None):
     if args.side is not None:
         return _child(args)
     N = args.new_tokens
-    rows = []
+    rows, t0 = [], time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="bench_generate_") as tmp:
         folder = os.path.join(tmp, "model")
         info = _spawn(args, "init", folder)
@@ -234,7 +236,8 @@ def main(argv=None):
 
     print(f"jax {rows[0]['jax']} on {rows[0]['device']}, torch "
           f"{rows[0]['hf_threads']} threads; medians of {args.repeats} interleaved fresh-process repeat(s); "
-          f"speedup = median of per-repeat ratios; load = os.getloadavg() 1/5/15 min after the row")
+          f"speedup = median of per-repeat ratios; load = os.getloadavg() 1/5/15 min after the row; "
+          f"total {time.perf_counter() - t0:.0f} s")
     hdr = f"{'batch':>5} | {'ours tok/s':>10} | {'HF tok/s':>9} | {'speedup':>7} | {'ours TTFT ms':>12} | " \
           f"{'HF TTFT ms':>10} | {'ours compile s':>14} | {'same greedy':>11} | {'load 1/5/15m':>14}"
     print(hdr)
