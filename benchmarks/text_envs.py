@@ -28,7 +28,10 @@ Columns: steps/s (median over repetitions; ±% = half the min-max spread), overh
 (the W=1 target is < 10%), ms/call+ = extra wall time of one batched call over the serial loop, scaling = rate(W) / rate(W=1) with the ideal min(W, cores) in brackets,
 start-up (building the envs + first reset), MB/env (serial: RSS growth of this process and its children,
 e.g. JVMs; pool: RSS of the worker process trees, / envs), parent CPU µs per env step (serial: the env work
-itself; pool: what the parent spends on pipes and pickling), load = 1-min load average during the block.
+itself; pool: what the parent spends on pipes and pickling), env CPU ms = CPU per env step of the processes
+that step the envs, around the step calls only (serial: this process; pool: the workers), CPU ovh = pool env
+CPU / serial env CPU - 1, paired per repetition (independent of other load, unlike the wall columns),
+load = 1-min load average during the block.
 Below each block: the pickled size of a TextStep and the time to pickle + unpickle one (the pool's
 serialisation cost, sent once per worker per batch).
 
@@ -137,6 +140,10 @@ class SerialRunner:
     def expert_actions(self, ids):
         return [self.envs[i].expert_actions() for i in ids]
 
+    def env_cpu_s(self) -> float:
+        """CPU seconds spent so far by the processes that step the envs (here: this one)."""
+        return time.process_time()
+
     def close(self):
         for env in self.envs:
             env.close()
@@ -161,6 +168,19 @@ class PoolRunner:
 
     def memory_bytes(self) -> int:
         return _rss_tree([p for p in self.pool.worker_pids() if p is not None])
+
+    def env_cpu_s(self) -> float:
+        """CPU seconds (user + system) spent so far by the worker processes."""
+        import psutil
+
+        total = 0.0
+        for pid in self.pool.worker_pids():
+            try:
+                t = psutil.Process(pid).cpu_times() if pid is not None else None
+            except psutil.NoSuchProcess:
+                t = None
+            total += (t.user + t.system) if t is not None else 0.0
+        return total
 
     def close(self):
         self.pool.close()
@@ -198,14 +218,16 @@ def replay(runner, plan, rounds: int, record: bool = False) -> dict:
     ids, seeds = list(range(n)), [seed for seed, _ in plan]
     _check_ok(runner.mode, runner.reset(ids, seeds))
     pos = [0] * n
-    wall = cpu = 0.0
+    wall = cpu = env_cpu = 0.0
     digest = hashlib.sha1()
     seen, outs = [], []
     for _ in range(rounds):
         actions = [plan[i][1][pos[i]] for i in ids]
+        e0 = runner.env_cpu_s()
         c0, t0 = time.process_time(), time.perf_counter()
         out = runner.step(actions)
         t1, c1 = time.perf_counter(), time.process_time()
+        env_cpu += runner.env_cpu_s() - e0
         wall += t1 - t0
         cpu += c1 - c0
         _check_ok(runner.mode, out)
@@ -220,7 +242,7 @@ def replay(runner, plan, rounds: int, record: bool = False) -> dict:
             _check_ok(runner.mode, runner.reset(again, [seeds[i] for i in again]))
             for i in again:
                 pos[i] = 0
-    return {"wall_s": wall, "cpu_s": cpu, "steps": rounds * n, "digest": digest.hexdigest(), "seen": seen,
+    return {"wall_s": wall, "cpu_s": cpu, "env_cpu_s": env_cpu, "steps": rounds * n, "digest": digest.hexdigest(), "seen": seen,
             "outs": outs}
 
 
@@ -314,6 +336,12 @@ def bench_size(env_name: str, factory, n: int, worker_counts, rounds: int, reps:
             "steps_per_s": rate, "steps_per_s_reps": rates,
             "spread": (max(rates) - min(rates)) / 2 / rate,
             "parent_cpu_us_per_step": 1e6 * statistics.median(x["cpu_s"] / x["steps"] for x in reps_),
+            # CPU of the processes stepping the envs, around the step calls only: unlike wall time it does not
+            # depend on what else the machine runs, so it shows per-step overhead when the wall rates are noisy.
+            "env_cpu_ms_per_step": 1e3 * statistics.median(x["env_cpu_s"] / x["steps"] for x in reps_),
+            "env_cpu_ms_reps": [1e3 * x["env_cpu_s"] / x["steps"] for x in reps_],
+            # psutil reads worker CPU in clock ticks (10 ms): below ~10 ticks per repetition the ratio is noise
+            "env_cpu_resolvable": all(x["env_cpu_s"] >= 0.1 for x in reps_),
             "startup_s": startup[r.mode], "mem_mb_per_env": mem[r.mode] / 2**20,
             "load_1min": load, "loads": loads, "cores": cores,
             "pickle_bytes_per_step": pk_bytes, "pickle_us_per_step": pk_us,
@@ -329,6 +357,10 @@ def bench_size(env_name: str, factory, n: int, worker_counts, rounds: int, reps:
         # paired per repetition: pool rate / serial rate of the same repetition (drift-robust)
         row["x_serial_paired"] = statistics.median(
             p / s for p, s in zip(row["steps_per_s_reps"], rows[0]["steps_per_s_reps"]))
+        # paired per repetition: env-stepping CPU per step of the pool's workers over the serial loop's, minus 1
+        row["cpu_overhead"] = (statistics.median(
+            p / s for p, s in zip(row["env_cpu_ms_reps"], rows[0]["env_cpu_ms_reps"])) - 1.0
+            if row["env_cpu_resolvable"] and rows[0]["env_cpu_resolvable"] else None)
         if w1 is not None:
             row["scaling"] = row["steps_per_s"] / w1
             row["ideal_scaling"] = min(row["workers"], cores)
@@ -337,15 +369,18 @@ def bench_size(env_name: str, factory, n: int, worker_counts, rounds: int, reps:
 
 def _table(rows) -> str:
     head = (f"{'env':<13}{'envs':>5}  {'mode':<10}{'steps/s':>9}{'±%':>5}{'x serial':>9}{'overhead':>9}"
-            f"{'scaling':>12}{'ms/call+':>9}{'start-up s':>11}{'MB/env':>8}{'parent µs':>10}{'load':>6}")
+            f"{'scaling':>12}{'ms/call+':>9}{'env CPU ms':>11}{'CPU ovh':>8}{'start-up s':>11}{'MB/env':>8}"
+            f"{'parent µs':>10}{'load':>6}")
     lines = [head]
     for r in rows:
         x = f"{r['x_serial']:.2f}" if "x_serial" in r else ""
         ov = f"{100 * r['overhead']:+.0f}%" if "overhead" in r else ""
         sc = f"{r['scaling']:.2f} ({r['ideal_scaling']})" if "scaling" in r else ""
         ms = f"{r['overhead_ms_per_call']:+.2f}" if "overhead_ms_per_call" in r else ""
+        co = "" if "cpu_overhead" not in r else "n/a" if r["cpu_overhead"] is None else f"{100 * r['cpu_overhead']:+.0f}%"
         lines.append(f"{r['env']:<13}{r['envs']:>5}  {r['mode']:<10}{r['steps_per_s']:>9.1f}"
-                     f"{100 * r['spread']:>5.0f}{x:>9}{ov:>9}{sc:>12}{ms:>9}{r['startup_s']:>11.2f}"
+                     f"{100 * r['spread']:>5.0f}{x:>9}{ov:>9}{sc:>12}{ms:>9}{r['env_cpu_ms_per_step']:>11.2f}{co:>8}"
+                     f"{r['startup_s']:>11.2f}"
                      f"{r['mem_mb_per_env']:>8.1f}{r['parent_cpu_us_per_step']:>10.0f}{r['load_1min']:>6.2f}")
     return "\n".join(lines)
 
@@ -399,7 +434,8 @@ def main(argv=None):
                   f"{block[0]['pickle_us_per_step']:.1f} µs/step; {rounds} rounds x {reps} reps)\n", flush=True)
     print("\n" + _table(rows))
     print(f"\n(cores: {len(os.sched_getaffinity(0))}; overhead = 1 - pool/serial steps/s at the same work, target "
-          f"< 10% at W=1; scaling = steps/s(W) / steps/s(W=1), ideal in brackets; parent µs = CPU time of this "
+          f"< 10% at W=1; CPU ovh = the same in CPU per env step of the env-stepping processes; scaling = "
+          f"steps/s(W) / steps/s(W=1), ideal in brackets; parent µs = CPU time of this "
           f"process per env step; load = median 1-min load average during the block)")
     print("rerun: python benchmarks/text_envs.py " + " ".join(argv))
     if args.json:

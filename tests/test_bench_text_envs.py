@@ -26,6 +26,7 @@ def _check_rows(rows, env, sizes, workers):
         assert min(r["steps_per_s_reps"]) <= r["steps_per_s"] <= max(r["steps_per_s_reps"])
         assert r["startup_s"] > 0 and r["mem_mb_per_env"] >= 0 and r["load_1min"] >= 0
         assert r["parent_cpu_us_per_step"] >= 0 and r["pickle_bytes_per_step"] > 0
+        assert len(r["env_cpu_ms_reps"]) == r["reps"] and r["env_cpu_ms_per_step"] >= 0
     for n in sizes:
         serial = by[(n, "serial")]
         for w in workers:
@@ -36,6 +37,8 @@ def _check_rows(rows, env, sizes, workers):
             assert p["work_digest"] == serial["work_digest"] and p["plan_steps"] == serial["plan_steps"]
             assert p["x_serial"] == pytest.approx(p["steps_per_s"] / serial["steps_per_s"])
             assert p["overhead"] == pytest.approx(1 - p["x_serial"])
+            # None when the workers' CPU is below psutil's tick resolution (the microsecond debug env)
+            assert p["cpu_overhead"] is None or (math.isfinite(p["cpu_overhead"]) and p["cpu_overhead"] > -1.0)
             assert p["ideal_scaling"] == min(w, p["cores"])
             if w == 1:
                 assert p["scaling"] == pytest.approx(1.0)
