@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import envs.sokoban as sk
-from envs.prompting import answer_format, format_admissible, history_block
+from envs.prompting import answer_format, format_admissible
 from agentrl_jax import segments
 from agentrl_jax.chat import ChatFormat
 
@@ -149,9 +149,8 @@ class SokobanPrompter:
         if step > 0 and self.window:
             word = sk.ACTION_WORDS[prev_action] if 0 <= prev_action < 4 else INVALID_WORD
             history = [(sk.render_text(prev_state, self.render_style), word)]
-        block = history_block(history, step, self.window, obs_name="Text Observation")
-        body = (prefix + (block + "\n" if block else "") + step_intro(step, self.prompt_style)
-                + sk.render_text(state, self.render_style) + suffix)
+        body = prefix + sk.current_step_text(sk.render_text(state, self.render_style), history, step, self.window,
+                                             intro=step_intro(step, self.prompt_style)) + suffix
         return self.chat.render_text([{"role": "user", "content": body}], add_generation_prompt=True)
 
     # ------------------------------------------------------------------ answer parsing from ids

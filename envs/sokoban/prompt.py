@@ -15,7 +15,7 @@ can pre-tokenize prefix, `step_intro(0)` and suffix once and splice the rendered
 """
 from __future__ import annotations
 
-from typing import Sequence, Tuple
+from typing import Optional, Sequence, Tuple
 
 from envs.prompting import answer_format, format_admissible, history_block
 
@@ -72,10 +72,11 @@ def step_intro(step: int) -> str:
     return f"You are now at step {step + 1} and your current observation is: "
 
 
-def current_step_text(observation: str, history: Sequence[Tuple[str, str]], step: int, window: int = 1) -> str:
-    """History block (if any) + "\\n" + `step_intro(step)` + observation."""
+def current_step_text(observation: str, history: Sequence[Tuple[str, str]], step: int, window: int = 1,
+                      intro: Optional[str] = None) -> str:
+    """History block (if any) + "\\n" + `intro` (default `step_intro(step)`) + observation."""
     block = history_block(history, step, window, obs_name="Text Observation")
-    return (block + "\n" if block else "") + step_intro(step) + observation
+    return (block + "\n" if block else "") + (step_intro(step) if intro is None else intro) + observation
 
 
 def build_prompt(
