@@ -32,6 +32,8 @@ EXTRAS = {
         "pytest>=8",
         "pytest-timeout>=2.3",
         "hypothesis>=6.100",
+        # TensorBoard's own event reader, to read our event files back in tests (no TensorFlow needed).
+        "tensorboard>=2.16",
         # Exactly the CPU wheel on disk; any other version pulls GBs of CUDA.
         "torch==2.13.0",
     ],
