@@ -31,7 +31,9 @@ e.g. JVMs; pool: RSS of the worker process trees, / envs), parent CPU µs per en
 itself; pool: what the parent spends on pipes and pickling), env CPU ms = CPU per env step of the processes
 that step the envs, around the step calls only (serial: this process; pool: the workers), CPU ovh = pool env
 CPU / serial env CPU - 1, paired per repetition (independent of other load, unlike the wall columns),
-load = 1-min load average during the block.
+pool own = the pool's own cost inside the same calls: wall time of the step calls / the slowest worker's time in
+env code (`EnvPool.timings()`) - 1; immune to the env's step cost varying between processes and repetitions,
+which swamps the overhead column on a small shared machine. load = 1-min load average during the block.
 Below each block: the pickled size of a TextStep and the time to pickle + unpickle one (the pool's
 serialisation cost, sent once per worker per batch).
 
@@ -144,6 +146,9 @@ class SerialRunner:
         """CPU seconds spent so far by the processes that step the envs (here: this one)."""
         return time.process_time()
 
+    def env_seconds_in_last_step(self):
+        return None  # the serial loop's step call is all env time
+
     def close(self):
         for env in self.envs:
             env.close()
@@ -164,7 +169,13 @@ class PoolRunner:
         return self.pool.reset(ids, seeds)
 
     def step(self, actions):
+        self.pool.timings(reset=True)
         return self.pool.step(self.ids, actions)
+
+    def env_seconds_in_last_step(self):
+        """Time the slowest worker spent inside env code during the last step call (measured by the worker)."""
+        t = self.pool.timings()
+        return t["env_critical_s"] if t["calls"] == 1 else None
 
     def memory_bytes(self) -> int:
         return _rss_tree([p for p in self.pool.worker_pids() if p is not None])
@@ -219,6 +230,7 @@ def replay(runner, plan, rounds: int, record: bool = False) -> dict:
     _check_ok(runner.mode, runner.reset(ids, seeds))
     pos = [0] * n
     wall = cpu = env_cpu = 0.0
+    env_wall, split_ok = 0.0, True
     digest = hashlib.sha1()
     seen, outs = [], []
     for _ in range(rounds):
@@ -228,6 +240,9 @@ def replay(runner, plan, rounds: int, record: bool = False) -> dict:
         out = runner.step(actions)
         t1, c1 = time.perf_counter(), time.process_time()
         env_cpu += runner.env_cpu_s() - e0
+        inside = runner.env_seconds_in_last_step()
+        split_ok = split_ok and inside is not None
+        env_wall += inside or 0.0
         wall += t1 - t0
         cpu += c1 - c0
         _check_ok(runner.mode, out)
@@ -243,7 +258,7 @@ def replay(runner, plan, rounds: int, record: bool = False) -> dict:
             for i in again:
                 pos[i] = 0
     return {"wall_s": wall, "cpu_s": cpu, "env_cpu_s": env_cpu, "steps": rounds * n, "digest": digest.hexdigest(), "seen": seen,
-            "outs": outs}
+            "outs": outs, "env_wall_s": env_wall if split_ok else None}
 
 
 def _compare(ref: dict, other: dict, mode: str) -> None:
@@ -342,6 +357,10 @@ def bench_size(env_name: str, factory, n: int, worker_counts, rounds: int, reps:
             "env_cpu_ms_reps": [1e3 * x["env_cpu_s"] / x["steps"] for x in reps_],
             # psutil reads worker CPU in clock ticks (10 ms): below ~10 ticks per repetition the ratio is noise
             "env_cpu_resolvable": all(x["env_cpu_s"] >= 0.1 for x in reps_),
+            # Pool only: the same calls' wall time over the slowest worker's time inside env code, minus 1. Both
+            # are measured in one call, so env-cost swings between processes and repetitions cancel out.
+            "pool_own_overhead": (statistics.median(x["wall_s"] / x["env_wall_s"] - 1.0 for x in reps_)
+                                  if all(x["env_wall_s"] for x in reps_) else None),
             "startup_s": startup[r.mode], "mem_mb_per_env": mem[r.mode] / 2**20,
             "load_1min": load, "loads": loads, "cores": cores,
             "pickle_bytes_per_step": pk_bytes, "pickle_us_per_step": pk_us,
@@ -369,7 +388,7 @@ def bench_size(env_name: str, factory, n: int, worker_counts, rounds: int, reps:
 
 def _table(rows) -> str:
     head = (f"{'env':<13}{'envs':>5}  {'mode':<10}{'steps/s':>9}{'±%':>5}{'x serial':>9}{'overhead':>9}"
-            f"{'scaling':>12}{'ms/call+':>9}{'env CPU ms':>11}{'CPU ovh':>8}{'start-up s':>11}{'MB/env':>8}"
+            f"{'scaling':>12}{'ms/call+':>9}{'env CPU ms':>11}{'CPU ovh':>8}{'pool own':>9}{'start-up s':>11}{'MB/env':>8}"
             f"{'parent µs':>10}{'load':>6}")
     lines = [head]
     for r in rows:
@@ -378,8 +397,9 @@ def _table(rows) -> str:
         sc = f"{r['scaling']:.2f} ({r['ideal_scaling']})" if "scaling" in r else ""
         ms = f"{r['overhead_ms_per_call']:+.2f}" if "overhead_ms_per_call" in r else ""
         co = "" if "cpu_overhead" not in r else "n/a" if r["cpu_overhead"] is None else f"{100 * r['cpu_overhead']:+.0f}%"
+        po = "" if r.get("pool_own_overhead") is None else f"{100 * r['pool_own_overhead']:+.1f}%"
         lines.append(f"{r['env']:<13}{r['envs']:>5}  {r['mode']:<10}{r['steps_per_s']:>9.1f}"
-                     f"{100 * r['spread']:>5.0f}{x:>9}{ov:>9}{sc:>12}{ms:>9}{r['env_cpu_ms_per_step']:>11.2f}{co:>8}"
+                     f"{100 * r['spread']:>5.0f}{x:>9}{ov:>9}{sc:>12}{ms:>9}{r['env_cpu_ms_per_step']:>11.2f}{co:>8}{po:>9}"
                      f"{r['startup_s']:>11.2f}"
                      f"{r['mem_mb_per_env']:>8.1f}{r['parent_cpu_us_per_step']:>10.0f}{r['load_1min']:>6.2f}")
     return "\n".join(lines)
@@ -434,7 +454,8 @@ def main(argv=None):
                   f"{block[0]['pickle_us_per_step']:.1f} µs/step; {rounds} rounds x {reps} reps)\n", flush=True)
     print("\n" + _table(rows))
     print(f"\n(cores: {len(os.sched_getaffinity(0))}; overhead = 1 - pool/serial steps/s at the same work, target "
-          f"< 10% at W=1; CPU ovh = the same in CPU per env step of the env-stepping processes; scaling = "
+          f"< 10% at W=1; CPU ovh = the same in CPU per env step of the env-stepping processes; pool own = wall of "
+          f"the pool's step calls / the slowest worker's time in env code - 1 (same calls); scaling = "
           f"steps/s(W) / steps/s(W=1), ideal in brackets; parent µs = CPU time of this "
           f"process per env step; load = median 1-min load average during the block)")
     print("rerun: python benchmarks/text_envs.py " + " ".join(argv))

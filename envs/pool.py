@@ -17,6 +17,8 @@ Failure handling (the batch always comes back, one `TextStep` per id):
   same happens for an env that was never reset. Call `reset` on it to go on. (A `step` after the env's own
   `done=True` is forwarded to the env: that behaviour is the env's.)
 - `stats()` counts restarts, timeouts, crashes and env errors for the trainer's logs.
+- `timings()` splits the calls' wall time into time inside env code (measured by the workers) and the pool's
+  own cost (pipes, pickling, scheduling), within the same calls.
 
 Hygiene: workers get `OMP_NUM_THREADS=1`, `MKL_NUM_THREADS=1`, `JAX_PLATFORMS=cpu` and a small JVM heap
 (`JAVA_TOOL_OPTIONS`), optionally one CPU each; each worker leads its own process group, watches its parent
@@ -167,6 +169,7 @@ def _worker_main(conn, factory_bytes: bytes, num_envs: int, env_vars: Mapping[st
             break
         if op == "close":
             break
+        started = time.perf_counter()
         if op == "reset":
             out = [run(i, lambda env, s=seed: env.reset(s), True) for i, seed in payload]
         elif op == "step":
@@ -176,12 +179,13 @@ def _worker_main(conn, factory_bytes: bytes, num_envs: int, env_vars: Mapping[st
             out = [run(i, lambda env: getattr(env, method)(*args), False) for i in locals_]
         else:
             out = [("err", f"unknown op {op!r}", "")]
+        env_s = time.perf_counter() - started  # wall time inside the env calls: what the pool adds is the rest
         try:
-            conn.send(("result", out))
+            conn.send(("result", out, env_s))
         except (pickle.PicklingError, TypeError, AttributeError) as e:
             # an env returned something unpicklable: report per env rather than dying
             msg = f"result not picklable: {e}"
-            conn.send(("result", [("err", msg, traceback.format_exc()) for _ in out]))
+            conn.send(("result", [("err", msg, traceback.format_exc()) for _ in out], env_s))
         except (BrokenPipeError, OSError):
             break
     for env in envs:
@@ -320,6 +324,7 @@ class EnvPool:
         self._lock = threading.RLock()
         self._closed = False
         self._stats = {"restarts": 0, "timeouts": 0, "crashes": 0, "env_errors": 0, "resets": 0, "steps": 0}
+        self._timing = {"calls": 0, "wall_s": 0.0, "env_critical_s": 0.0, "env_total_s": 0.0}
         # per env: None = an episode is running (as far as the pool knows), else why the env needs a reset
         self._lost: list[str | None] = ["not_reset"] * self.num_envs
         self._workers = [_Worker(i) for i in range(num_workers)]
@@ -442,6 +447,18 @@ class EnvPool:
         """Counters for logging: restarts, timeouts, crashes, env_errors, resets, steps."""
         return dict(self._stats)
 
+    def timings(self, reset: bool = False) -> dict[str, float]:
+        """Where the time of the batched calls went, measured inside the same calls (so it is independent of how
+        much an env's own step cost varies): `wall_s` = parent wall time of all calls; `env_critical_s` = per call
+        the slowest worker's time inside env code, summed; `env_total_s` = all workers' env time;
+        `pool_overhead` = wall_s / env_critical_s - 1 (pipes, pickling, scheduling: the pool's own cost).
+        `reset=True` zeroes the counters after reading them."""
+        t = dict(self._timing)
+        t["pool_overhead"] = t["wall_s"] / t["env_critical_s"] - 1.0 if t["env_critical_s"] > 0 else 0.0
+        if reset:
+            self._timing.update(calls=0, wall_s=0.0, env_critical_s=0.0, env_total_s=0.0)
+        return t
+
     def worker_pids(self) -> list[int | None]:
         """Process ids of the current workers (they change after a restart)."""
         return [w.proc.pid if w.proc is not None else None for w in self._workers]
@@ -531,6 +548,8 @@ class EnvPool:
         for k, i in enumerate(ids):
             by_worker.setdefault(i // self.envs_per_worker, []).append(k)
         results: list[Any] = [None] * len(ids)
+        call_started = time.perf_counter()
+        env_times: list[float] = []
         now = time.monotonic()
         deadlines: dict[int, float] = {}
         failed: dict[int, str] = {}
@@ -571,12 +590,18 @@ class EnvPool:
                     continue
                 for k, r in zip(by_worker[wi], msg[1]):
                     results[k] = r
+                env_times.append(float(msg[2]))
                 pending.discard(wi)
             now = time.monotonic()
             for wi in list(pending):
                 if now >= deadlines[wi]:
                     failed[wi] = "timeout"
                     pending.discard(wi)
+        if not failed and env_times:  # calls with a restart would only blur the split
+            self._timing["calls"] += 1
+            self._timing["wall_s"] += time.perf_counter() - call_started
+            self._timing["env_critical_s"] += max(env_times)
+            self._timing["env_total_s"] += sum(env_times)
         for wi, reason in failed.items():
             if reason == "timeout":
                 self._stats["timeouts"] += 1

@@ -40,6 +40,10 @@ def _check_rows(rows, env, sizes, workers):
             # None when the workers' CPU is below psutil's tick resolution (the microsecond debug env)
             assert p["cpu_overhead"] is None or (math.isfinite(p["cpu_overhead"]) and p["cpu_overhead"] > -1.0)
             assert p["ideal_scaling"] == min(w, p["cores"])
+            # the pool's own cost within the same calls: a finite fraction above -1 (a call can't be shorter than
+            # the env work inside it, up to clock granularity); the serial loop has no such split
+            assert p["pool_own_overhead"] is not None and -0.05 < p["pool_own_overhead"] < 100
+            assert serial["pool_own_overhead"] is None
             if w == 1:
                 assert p["scaling"] == pytest.approx(1.0)
 

@@ -79,6 +79,23 @@ def test_batched_reset_step_routes_ids_to_workers(pool):
     assert pool.stats()["restarts"] == 0
 
 
+def test_timings_split_env_time_from_the_pools_own_cost(pool):
+    """The workers time their env calls; the parent times the whole call. Known sleeps must land on the env side."""
+    pool.reset([0, 1, 2, 3], [0, 1, 2, 3])
+    pool.timings(reset=True)
+    pool.step([0, 2], ["sleep 0.2", "sleep 0.05"])  # worker 0 sleeps 0.2 s, worker 1 0.05 s: in parallel
+    pool.step([0, 1], ["sleep 0.1", "sleep 0.1"])  # both envs live in worker 0: 0.2 s in a row
+    t = pool.timings()
+    assert t["calls"] == 2
+    assert 0.4 <= t["env_critical_s"] < 0.4 + 0.15  # max over workers per call: 0.2 + 0.2
+    assert 0.45 <= t["env_total_s"] < 0.45 + 0.15  # every worker's env time: 0.25 + 0.2
+    assert t["wall_s"] >= t["env_critical_s"]
+    assert t["pool_overhead"] == pytest.approx(t["wall_s"] / t["env_critical_s"] - 1)
+    # a failed call (hung worker) is left out of the split rather than blurring it
+    pool.step([0], ["sleep 5"])
+    assert pool.timings(reset=True)["calls"] == 2 and pool.timings()["calls"] == 0
+
+
 def test_env_exception_marks_only_that_env(pool):
     pool.reset([0, 1, 2, 3], [0, 1, 2, 3])
     pid0 = pool.worker_pids()[0]
