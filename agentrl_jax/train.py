@@ -258,6 +258,8 @@ def train(
     sft_levels: int = 256,
     sft_batch_size: int = 64,
     sft_data: str = "solver",
+    sft_max_success: Optional[float] = None,
+    sft_check_every: int = 10,
     sample_every: int = 10,
     seed: int = 0,
     mesh=None,
@@ -278,6 +280,11 @@ def train(
                     ("minibatch_size", minibatch_size), ("max_response_tokens", max_response_tokens)):
         if int(v) < 1:
             raise ValueError(f"train.{name} must be >= 1, got {v}.")
+    if sft_max_success is not None and not 0.0 <= sft_max_success <= 1.0:
+        raise ValueError(f"train.sft_max_success must be in [0, 1] (points above a board-blind policy) or None, "
+                         f"got {sft_max_success}.")
+    if int(sft_check_every) < 1:
+        raise ValueError(f"train.sft_check_every must be >= 1, got {sft_check_every}.")
     micro = micro_batch_size or minibatch_size
     if micro < 1 or minibatch_size % micro:
         raise ValueError(f"train.micro_batch_size={micro_batch_size} must divide train.minibatch_size={minibatch_size} "
@@ -330,7 +337,7 @@ def train(
         else:
             if sft_steps > 0:
                 params = _sft_warmup(tr, params, sft_steps, sft_levels, sft_batch_size, max_response_tokens,
-                                     logger, seed, sft_data)
+                                     logger, seed, sft_data, sft_max_success, sft_check_every)
             ref_params = params if rl_config.kl_coef > 0 else None
             base = tr.evaluate(params, 0)
             logger.scalars(0, base)
@@ -394,8 +401,43 @@ def _rl_iteration(tr: Trainer, rl_step, step, params, opt_state, key, rng, cfg: 
     return params, opt_state, m, batch, stats
 
 
-def _sft_warmup(tr: Trainer, params, steps, levels, batch_size, max_response_tokens, logger, seed, data="solver"):
-    """Supervised warm-up on solver solutions (Sokoban); its own optimizer (gin scope `sft`)."""
+def _validation_keys(tr: Trainer):
+    """A validation level set of its own (stream 2: neither the training nor the held-out levels)."""
+    return tr.episode_keys(step=0, n_tasks=tr.eval_episodes, group=1, stream=2)
+
+
+def _sft_validation_success(tr: Trainer, params) -> float:
+    """The policy's greedy success on the validation levels."""
+    keys, seeds = _validation_keys(tr)
+    batch, stats = tr.rollout(params, keys, jax.random.PRNGKey(0), tr.eval_config, seeds, split="eval")
+    return float(np.mean(np.asarray(stats.success)))
+
+
+def _blind_success(tr: Trainer) -> float:
+    """The best a policy that ignores the board can do on the validation levels: repeat one action (the best
+    of the four) for the whole episode. A level set's mix of solutions makes this more than 1/4."""
+    keys, _ = _validation_keys(tr)
+
+    def episode(key, action):
+        state, ts = tr.env.reset(key)
+        def body(_, carry):
+            state, ts = carry
+            return tr.env.step(state, action)
+        return jax.lax.fori_loop(0, tr.env.max_steps, body, (state, ts))[1].success
+
+    per_action = jax.jit(jax.vmap(jax.vmap(episode, (0, None)), (None, 0)))(keys, jnp.arange(4))
+    return float(np.max(np.mean(np.asarray(per_action), axis=1)))
+
+
+def _sft_warmup(tr: Trainer, params, steps, levels, batch_size, max_response_tokens, logger, seed, data="solver",
+                max_success: Optional[float] = None, check_every: int = 10):
+    """Supervised warm-up on solver solutions (Sokoban); its own optimizer (gin scope `sft`).
+
+    max_success: stop early and keep the last parameters whose greedy success on a separate validation level
+    set (checked every `check_every` steps) is at most this many points above the best board-blind policy's
+    (one action repeated; `_blind_success`), so RL starts from a policy of a chosen competence, e.g. 0.05: one
+    that does not read the board yet. None = run all `steps`.
+    """
     if tr.env_name != "sokoban":
         raise ValueError("train.sft_steps > 0 is implemented for Sokoban (solver experts); set it to 0 for text envs.")
     samples = sokoban_expert_samples(tr.env, tr.prompter, levels, seed + 10_000, max_response_tokens, data)
@@ -404,6 +446,8 @@ def _sft_warmup(tr: Trainer, params, steps, levels, batch_size, max_response_tok
     step_fn, opt_state, _ = tr.make_update(functools.partial(learner.sft_loss, prompt_len=tr.prompt_len), tx, params)
     rng = np.random.default_rng(seed)
     done = 0
+    kept = params  # the last parameters known to be within max_success
+    blind = _blind_success(tr) if max_success is not None else 0.0
     while done < steps:
         for mb in learner.minibatches(samples, batch_size, rng):
             params, opt_state, m = step_fn(params, opt_state, tr.shard(mb), jax.random.PRNGKey(done))
@@ -411,6 +455,14 @@ def _sft_warmup(tr: Trainer, params, steps, levels, batch_size, max_response_tok
             if done % 10 == 0 or done == steps:
                 logger.scalars(0, {f"sft/{k}": v for k, v in m.items()})
                 logger.write(f"sft step {done}/{steps}: nll {float(m['nll']):.4f}")
+            if max_success is not None and (done % check_every == 0 or done == steps):
+                success = _sft_validation_success(tr, params)
+                if success > blind + max_success:
+                    logger.write(f"sft step {done}: validation greedy success {success:.3f} > board-blind "
+                                 f"{blind:.3f} + sft_max_success {max_success}; keeping the parameters of step "
+                                 f"{done - check_every}")
+                    return kept
+                kept = params
             if done >= steps:
                 break
     return params

@@ -4,7 +4,8 @@ Each run is the real CLI (`python -m agentrl_jax.train`) on a gin experiment, in
 device like the README's main job (not the 8 fake devices the other tests see), with a fixed seed. The
 numbers come back from the TensorBoard event files the run wrote: `eval/success_rate` is the greedy success
 on the fixed held-out level set, logged for the starting policy (step 0, after the supervised warm-up) and
-at the end. Why the warm-up stops where it does is explained in gin/runs/learning_check_tiny.gin.
+at the end. Why the warm-up stops where it does (the last parameters still board-blind on a validation level
+set of its own) is explained in gin/runs/learning_check_tiny.gin.
 """
 import os
 import subprocess
@@ -42,8 +43,8 @@ def test_rl_raises_held_out_greedy_success_by_30_points(tmp_path, algorithm):
     curve = _eval_curve(out / "tb")
     start, end = curve[0], curve[max(curve)]
     assert max(curve) == 80, curve
-    # Measured here: the warm-up leaves a state-blind policy (one direction of four, 25%) and the reward alone
-    # lifts it (GRPO 0.25 -> 0.75, PPO 0.25 -> 0.89). The gain is what is asserted; where the warm-up already
-    # reads part of the board on another machine's numerics, +30 points must still fit under 100%.
-    assert start <= 0.7, f"the warm-up already solves the levels, leaving RL nothing to show: {curve}"
+    # The warm-up stops while the policy is still board-blind on its own validation levels (train.sft_max_success),
+    # so it starts near chance here (measured: 0.25 and 0.30 for seeds 0 and 1) and the reward alone must lift it
+    # (measured, GRPO: -> 0.75 for both seeds).
+    assert start <= 0.45, f"the starting policy already reads the board: {curve}"
     assert end - start >= 0.30, f"{algorithm}: held-out greedy success {start:.2f} -> {end:.2f} ({curve})"

@@ -52,6 +52,14 @@ def test_missing_gin_file_is_named(tmp_path):
     assert proc.returncode != 0 and "nope.gin" in proc.stderr
 
 
+def test_bad_warmup_stop_is_named_before_building_anything(tmp_path):
+    with pytest.raises(ValueError, match="sft_max_success"):
+        _run(TINY_FILES, _bindings(tmp_path, **{"train.sft_max_success": 1.5}))
+    with pytest.raises(ValueError, match="sft_check_every"):
+        _run(TINY_FILES, _bindings(tmp_path, **{"train.sft_check_every": 0}))
+    assert not os.path.exists(os.path.join(tmp_path, "checkpoints"))
+
+
 @pytest.mark.slow
 def test_train_writes_logs_checkpoints_and_resumes(tmp_path):
     first = _run(TINY_FILES, _bindings(tmp_path, **{"train.num_steps": 1}))
