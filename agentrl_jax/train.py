@@ -42,6 +42,9 @@ log = _pylogging.getLogger("agentrl_jax.train")
 ENVS = ("sokoban", *text_tasks.TEXT_ENVS)
 ROLLOUT_MODES = ("device", "host")
 PROMPT_MODES = ("window", "conversation")
+# Key streams of `Trainer.episode_keys`: 0 = training levels, 1 = the fixed held-out set, 2 = the SFT warm-up's
+# own validation set (neither of the others).
+HELD_OUT_STREAM, SFT_VALIDATION_STREAM = 1, 2
 
 
 def _check_choice(name, value, allowed):
@@ -171,8 +174,9 @@ class Trainer:
         seeds = np.asarray(jax.random.randint(base, (n_tasks,), 0, 2**30))
         return jnp.repeat(task_keys, group, axis=0), np.repeat(seeds, group)
 
-    def evaluate(self, params, step: int) -> Dict[str, float]:
-        keys, seeds = self.episode_keys(step=0, n_tasks=self.eval_episodes, group=1, stream=1)  # fixed held-out set
+    def evaluate(self, params, step: int, stream: int = HELD_OUT_STREAM) -> Dict[str, float]:
+        """Greedy (eval_config) metrics on a fixed level set: the held-out one unless `stream` says otherwise."""
+        keys, seeds = self.episode_keys(step=0, n_tasks=self.eval_episodes, group=1, stream=stream)
         batch, stats = self.rollout(params, keys, jax.random.PRNGKey(step), self.eval_config, seeds, split="eval")
         return {f"eval/{k}": v for k, v in _summarise(stats, batch).items()}
 
@@ -401,22 +405,10 @@ def _rl_iteration(tr: Trainer, rl_step, step, params, opt_state, key, rng, cfg: 
     return params, opt_state, m, batch, stats
 
 
-def _validation_keys(tr: Trainer):
-    """A validation level set of its own (stream 2: neither the training nor the held-out levels)."""
-    return tr.episode_keys(step=0, n_tasks=tr.eval_episodes, group=1, stream=2)
-
-
-def _sft_validation_success(tr: Trainer, params) -> float:
-    """The policy's greedy success on the validation levels."""
-    keys, seeds = _validation_keys(tr)
-    batch, stats = tr.rollout(params, keys, jax.random.PRNGKey(0), tr.eval_config, seeds, split="eval")
-    return float(np.mean(np.asarray(stats.success)))
-
-
 def _blind_success(tr: Trainer) -> float:
-    """The best a policy that ignores the board can do on the validation levels: repeat one action (the best
-    of the four) for the whole episode. A level set's mix of solutions makes this more than 1/4."""
-    keys, _ = _validation_keys(tr)
+    """The best a policy that ignores the board can do on the SFT validation levels: repeat one action (the
+    best of the four) for the whole episode. A level set's mix of solutions makes this more than 1/4."""
+    keys, _ = tr.episode_keys(step=0, n_tasks=tr.eval_episodes, group=1, stream=SFT_VALIDATION_STREAM)
 
     def episode(key, action):
         state, ts = tr.env.reset(key)
@@ -446,7 +438,7 @@ def _sft_warmup(tr: Trainer, params, steps, levels, batch_size, max_response_tok
     step_fn, opt_state, _ = tr.make_update(functools.partial(learner.sft_loss, prompt_len=tr.prompt_len), tx, params)
     rng = np.random.default_rng(seed)
     done = 0
-    kept = params  # the last parameters known to be within max_success
+    kept, kept_step = params, 0  # the last parameters known to be within max_success
     blind = _blind_success(tr) if max_success is not None else 0.0
     while done < steps:
         for mb in learner.minibatches(samples, batch_size, rng):
@@ -456,13 +448,13 @@ def _sft_warmup(tr: Trainer, params, steps, levels, batch_size, max_response_tok
                 logger.scalars(0, {f"sft/{k}": v for k, v in m.items()})
                 logger.write(f"sft step {done}/{steps}: nll {float(m['nll']):.4f}")
             if max_success is not None and (done % check_every == 0 or done == steps):
-                success = _sft_validation_success(tr, params)
+                success = tr.evaluate(params, 0, stream=SFT_VALIDATION_STREAM)["eval/success_rate"]
                 if success > blind + max_success:
                     logger.write(f"sft step {done}: validation greedy success {success:.3f} > board-blind "
                                  f"{blind:.3f} + sft_max_success {max_success}; keeping the parameters of step "
-                                 f"{done - check_every}")
+                                 f"{kept_step}")
                     return kept
-                kept = params
+                kept, kept_step = params, done
             if done >= steps:
                 break
     return params

@@ -212,6 +212,10 @@ def _kill_children_then_exit() -> None:
 # --------------------------------------------------------------------------------------------- parent side
 
 
+def _zero_timing() -> dict[str, float]:
+    return {"calls": 0, "wall_s": 0.0, "env_critical_s": 0.0, "env_total_s": 0.0}
+
+
 class _Worker:
     """Parent-side handle of one worker process."""
 
@@ -324,7 +328,7 @@ class EnvPool:
         self._lock = threading.RLock()
         self._closed = False
         self._stats = {"restarts": 0, "timeouts": 0, "crashes": 0, "env_errors": 0, "resets": 0, "steps": 0}
-        self._timing = {"calls": 0, "wall_s": 0.0, "env_critical_s": 0.0, "env_total_s": 0.0}
+        self._timing = _zero_timing()
         # per env: None = an episode is running (as far as the pool knows), else why the env needs a reset
         self._lost: list[str | None] = ["not_reset"] * self.num_envs
         self._workers = [_Worker(i) for i in range(num_workers)]
@@ -456,7 +460,7 @@ class EnvPool:
         t = dict(self._timing)
         t["pool_overhead"] = t["wall_s"] / t["env_critical_s"] - 1.0 if t["env_critical_s"] > 0 else 0.0
         if reset:
-            self._timing.update(calls=0, wall_s=0.0, env_critical_s=0.0, env_total_s=0.0)
+            self._timing = _zero_timing()
         return t
 
     def worker_pids(self) -> list[int | None]:
