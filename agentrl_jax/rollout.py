@@ -194,7 +194,7 @@ def host_rollout(graphdef, params, task: HostTask, config: gen.GenerationConfig,
             kept = r[-p:]
             ids[j, p - len(kept):], mask[j, p - len(kept):] = kept, 1
             out["prompt_truncated"][active[j], t] = len(r) > p
-        res = gen._generate_jit(graphdef, params, jnp.asarray(ids), jnp.asarray(mask),
+        res = gen.generate_jit(graphdef, params, jnp.asarray(ids), jnp.asarray(mask),
                                 _policy_cache(graphdef, params, bsz, p + n), jax.random.fold_in(key, t), config)
         tokens, lps = np.asarray(res.tokens), np.asarray(res.logprobs)
         lengths, stopped = np.asarray(res.lengths), np.asarray(res.stopped)
@@ -384,7 +384,7 @@ def host_conversation_rollout(graphdef, params, task, chat, config: gen.Generati
         mask = np.zeros((e, width), np.int32)
         for i in np.flatnonzero(active):
             ids[i, width - len(chunks[i]):], mask[i, width - len(chunks[i]):] = chunks[i], 1
-        res = gen._generate_jit(graphdef, params, jnp.asarray(ids), jnp.asarray(mask), cache,
+        res = gen.generate_jit(graphdef, params, jnp.asarray(ids), jnp.asarray(mask), cache,
                                 jax.random.fold_in(key, t), config, jnp.asarray(active))
         cache = res.cache
         tokens, lp = np.asarray(res.tokens), np.asarray(res.logprobs)

@@ -184,7 +184,7 @@ class SokobanPrompter:
         """Action id 0..3 parsed from generated ids, or -1 when malformed (unbatched; vmap for batches).
 
         Mirrors `parse_action_text(decode(tokens[:length-1]), thinking)`: exactly the expected tags in order,
-        only whitespace outside the blocks, and the action block holding one action word (any case, spaces
+        only whitespace outside the blocks, and the action block holding one action word (any case, whitespace
         around allowed) in its canonical tokenization. An answer cut off before its stop token is malformed.
         """
         if self.device_parse_error:
@@ -206,9 +206,11 @@ class SokobanPrompter:
             ok &= (count(t_open) == 0) & (count(t_close) == 0)
             outside = body & ((pos < where(a_open)) | (pos > where(a_close)))
         ok &= jnp.all(ws | ~outside)
-        # Inner tokens, shifted to start at 0, compared with every canonical spelling.
-        start = where(a_open) + 1
-        inner_len = where(a_close) - start
+        # Inner tokens without whitespace-only tokens at either end (the text parser strips the action, so
+        # "<action>up\n</action>" is valid), shifted to start at 0, compared with every canonical spelling.
+        word = (pos > where(a_open)) & (pos < where(a_close)) & ~ws
+        start = jnp.where(jnp.any(word), jnp.argmax(word), where(a_close))
+        inner_len = jnp.where(jnp.any(word), n - jnp.argmax(word[::-1]), start) - start
         width = self.variant_table.shape[1]
         idx = start + jnp.arange(width)
         inner = jnp.where(jnp.arange(width) < inner_len, tokens[jnp.clip(idx, 0, n - 1)], -1)

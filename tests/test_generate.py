@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from agentrl_jax import generate as gen
 from agentrl_jax.generate import (GenerationConfig, bucket_length, continue_generation, filter_logits, generate,
-                                  generate_fn, pad_batch, trace_count, unpad)
+                                  generate_fn, pad_batch, prefill_compiler_options, trace_count, unpad)
 from agentrl_jax.models import ModelConfig, random_model
 
 V = 96
@@ -236,3 +237,27 @@ def test_generation_config_is_gin_configurable():
         hash(cfg)
     finally:
         gin.clear_config()
+
+
+def test_prefill_and_decode_are_compiled_apart_with_their_own_kernels(model):
+    """On CPU the prefill program uses Eigen's matmuls and decode XLA's default (YNNPACK) ones; the two-program
+    path gives the single-program `generate_fn` tokens and logprobs."""
+    assert jax.default_backend() == "cpu"
+    opts = prefill_compiler_options()
+    assert opts == (("xla_cpu_experimental_ynn_fusion_type", ""),)
+    assert prefill_compiler_options(cpu_eigen_dots=False) == ()
+    prefill, decode = gen._phase_jits(opts)
+    graphdef, state = nnx.split(model)
+    ids, mask = (jnp.asarray(a) for a in pad_batch(prompts(), length=16))
+    cfg = GenerationConfig(max_new_tokens=6, temperature=1.0)
+    key = jax.random.key(3)
+    prefill_hlo = prefill.lower(graphdef, state, ids, mask, model.init_cache(3, 32)).compile().as_text()
+    logits = jnp.zeros((3, V), jnp.float32)
+    decode_hlo = decode.lower(graphdef, state, logits, model.init_cache(3, 32), key, cfg).compile().as_text()
+    assert "__ynn_fusion" not in prefill_hlo and "__ynn_fusion" in decode_hlo
+    split = gen.generate_jit(graphdef, state, ids, mask, model.init_cache(3, 32), key, cfg)
+    whole = jax.jit(generate_fn, static_argnames=("graphdef", "config"))(
+        graphdef, state, ids, mask, model.init_cache(3, 32), key, cfg)
+    np.testing.assert_array_equal(split.tokens, whole.tokens)
+    np.testing.assert_allclose(split.logprobs, whole.logprobs, rtol=1e-4, atol=1e-4)
+    np.testing.assert_array_equal(split.cache.lengths, whole.cache.lengths)

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
-from hypothesis import given, settings, strategies as st
+from hypothesis import example, given, settings, strategies as st
 from transformers import AutoTokenizer
 
 import envs.sokoban as sk
@@ -65,6 +65,8 @@ _PIECES = ["<think>", "</think>", "<action>", "</action>", "up", "Down", " left"
 
 @settings(max_examples=150, deadline=None)
 @given(st.lists(st.sampled_from(_PIECES), max_size=9), st.booleans(), st.booleans())
+@example(["<action>", "up", "\n", "</action>"], False, True)  # whitespace tokens inside the block (once a bug)
+@example(["<action>", "\n", " ", "Down", " ", "</action>"], False, True)
 def test_id_parser_agrees_with_text_parser(tokenizer, pieces, thinking, stopped):
     chat = ChatFormat.from_tokenizer(tokenizer, thinking=thinking)
     pr = _prompter(chat)
