@@ -33,7 +33,12 @@ that step the envs, around the step calls only (serial: this process; pool: the 
 CPU / serial env CPU - 1, paired per repetition (independent of other load, unlike the wall columns),
 pool own = the pool's own cost inside the same calls: wall time of the step calls / the slowest worker's time in
 env code (`EnvPool.timings()`) - 1; immune to the env's step cost varying between processes and repetitions,
-which swamps the overhead column on a small shared machine. load = 1-min load average during the block.
+which swamps the overhead column on a small shared machine. host = the scaling of W CPU-bound Python
+processes on this machine (`HostProbe`), measured between the repetitions: the ceiling any pool could reach
+right now (on a shared 2-core VM it was 1.72-1.96 for W=2). balance = the ceiling the split of the work across
+workers allows: the workers' summed env time / the slowest worker's, per call (a worker whose envs finish first
+waits for the others). of ceil = scaling / min(host, balance): how much of what the machine and the work allow
+the pool reaches. load = 1-min load average during the block.
 Below each block: the pickled size of a TextStep and the time to pickle + unpickle one (the pool's
 serialisation cost, sent once per worker per batch).
 
@@ -173,9 +178,10 @@ class PoolRunner:
         return self.pool.step(self.ids, actions)
 
     def env_seconds_in_last_step(self):
-        """Time the slowest worker spent inside env code during the last step call (measured by the worker)."""
+        """(slowest worker's, all workers' summed) time inside env code during the last step call, measured by
+        the workers."""
         t = self.pool.timings()
-        return t["env_critical_s"] if t["calls"] == 1 else None
+        return (t["env_critical_s"], t["env_total_s"]) if t["calls"] == 1 else None
 
     def memory_bytes(self) -> int:
         return _rss_tree([p for p in self.pool.worker_pids() if p is not None])
@@ -230,7 +236,7 @@ def replay(runner, plan, rounds: int, record: bool = False) -> dict:
     _check_ok(runner.mode, runner.reset(ids, seeds))
     pos = [0] * n
     wall = cpu = env_cpu = 0.0
-    env_wall, split_ok = 0.0, True
+    env_wall, env_sum, split_ok = 0.0, 0.0, True
     digest = hashlib.sha1()
     seen, outs = [], []
     for _ in range(rounds):
@@ -242,7 +248,8 @@ def replay(runner, plan, rounds: int, record: bool = False) -> dict:
         env_cpu += runner.env_cpu_s() - e0
         inside = runner.env_seconds_in_last_step()
         split_ok = split_ok and inside is not None
-        env_wall += inside or 0.0
+        env_wall += inside[0] if inside else 0.0
+        env_sum += inside[1] if inside else 0.0
         wall += t1 - t0
         cpu += c1 - c0
         _check_ok(runner.mode, out)
@@ -258,7 +265,7 @@ def replay(runner, plan, rounds: int, record: bool = False) -> dict:
             for i in again:
                 pos[i] = 0
     return {"wall_s": wall, "cpu_s": cpu, "env_cpu_s": env_cpu, "steps": rounds * n, "digest": digest.hexdigest(), "seen": seen,
-            "outs": outs, "env_wall_s": env_wall if split_ok else None}
+            "outs": outs, "env_wall_s": env_wall if split_ok else None, "env_sum_s": env_sum if split_ok else None}
 
 
 def _compare(ref: dict, other: dict, mode: str) -> None:
@@ -286,6 +293,56 @@ def _pickle_cost(outs) -> tuple[float, float]:
         best = min(best, time.perf_counter() - t)
     size = sum(len(pickle.dumps(s, protocol=pickle.HIGHEST_PROTOCOL)) for s in steps)
     return size / len(steps), 1e6 * best / len(steps)
+
+
+# --------------------------------------------------------------------------------------------- host probe
+
+
+# A worker of the host probe: a fresh interpreter that, for each number n read on stdin, runs pure-Python work
+# like a text env's (dict and string churn, n iterations) and answers with its wall seconds.
+_BUSY_WORKER = """
+import sys, time
+for line in sys.stdin:
+    t = time.perf_counter()
+    d = {}
+    for i in range(int(line)):
+        d[i % 997] = str(i)
+        d.get((i * 7) % 997, "")
+    print(time.perf_counter() - t, flush=True)
+"""
+
+
+class HostProbe:
+    """How well THIS machine runs w CPU-bound Python processes at once, right now: w * t(1 process) / t(w
+    processes, each doing the same work). The ceiling any process pool could reach for `scaling`; on a
+    shared VM it moves with the neighbours' load, so it is measured interleaved with the pool runs."""
+
+    def __init__(self, max_workers: int, n: int = 400_000):
+        import subprocess
+
+        self.n = n
+        self.procs = [subprocess.Popen([sys.executable, "-c", _BUSY_WORKER], stdin=subprocess.PIPE,
+                                       stdout=subprocess.PIPE, text=True) for _ in range(max_workers)]
+        self._run(max_workers, 1000)  # every interpreter started and warm
+
+    def _run(self, w: int, n: int) -> float:
+        """Wall seconds for w of the processes to each finish n iterations, started together."""
+        t = time.perf_counter()
+        for p in self.procs[:w]:
+            p.stdin.write(f"{n}\n")
+            p.stdin.flush()
+        for p in self.procs[:w]:
+            float(p.stdout.readline())
+        return time.perf_counter() - t
+
+    def scaling(self, w: int) -> float:
+        one = self._run(1, self.n)
+        return w * one / self._run(w, self.n)
+
+    def close(self) -> None:
+        for p in self.procs:
+            p.stdin.close()
+            p.wait(timeout=10)
 
 
 # --------------------------------------------------------------------------------------------- benchmark
@@ -327,7 +384,8 @@ def bench_size(env_name: str, factory, n: int, worker_counts, rounds: int, reps:
         pk_bytes, pk_us = _pickle_cost(warm["serial"]["outs"])
 
         res = {r.mode: [] for r in runners}
-        loads = []
+        loads, host = [], {w: [] for w in worker_counts if w > 1}
+        probe = HostProbe(max(host)) if host else None
         for _ in range(reps):
             for r in runners:  # interleaved: serial, W=1, W=2, serial, ...
                 loads.append(os.getloadavg()[0])
@@ -335,9 +393,13 @@ def bench_size(env_name: str, factory, n: int, worker_counts, rounds: int, reps:
                 if out["digest"] != warm["serial"]["digest"]:
                     raise RuntimeError(f"{r.mode} did different work in a timed repetition")
                 res[r.mode].append(out)
+            for w in host:
+                host[w].append(probe.scaling(w))
     finally:
         for r in runners:
             r.close()
+        if "probe" in locals() and probe is not None:
+            probe.close()
 
     cores = len(os.sched_getaffinity(0))
     load = statistics.median(loads)
@@ -361,6 +423,12 @@ def bench_size(env_name: str, factory, n: int, worker_counts, rounds: int, reps:
             # are measured in one call, so env-cost swings between processes and repetitions cancel out.
             "pool_own_overhead": (statistics.median(x["wall_s"] / x["env_wall_s"] - 1.0 for x in reps_)
                                   if all(x["env_wall_s"] for x in reps_) else None),
+            # Pool only: the scaling the split of the work allows, sum over workers of their env time / the
+            # slowest worker's, per call (= W when every worker's envs take equally long; the rest waits).
+            "balance": (statistics.median(x["env_sum_s"] / x["env_wall_s"] for x in reps_)
+                        if all(x["env_wall_s"] for x in reps_) else None),
+            "host_scaling": statistics.median(host[r.workers]) if r.workers in host else None,
+            "host_scaling_reps": host.get(r.workers),
             "startup_s": startup[r.mode], "mem_mb_per_env": mem[r.mode] / 2**20,
             "load_1min": load, "loads": loads, "cores": cores,
             "pickle_bytes_per_step": pk_bytes, "pickle_us_per_step": pk_us,
@@ -383,12 +451,16 @@ def bench_size(env_name: str, factory, n: int, worker_counts, rounds: int, reps:
         if w1 is not None:
             row["scaling"] = row["steps_per_s"] / w1
             row["ideal_scaling"] = min(row["workers"], cores)
+            # how much of what this machine and this split of the work allow the pool reaches
+            ceiling = min(row["host_scaling"] or row["ideal_scaling"], row["balance"] or row["ideal_scaling"])
+            row["scaling_of_ceiling"] = row["scaling"] / ceiling if row["workers"] > 1 else None
     return rows
 
 
 def _table(rows) -> str:
     head = (f"{'env':<13}{'envs':>5}  {'mode':<10}{'steps/s':>9}{'±%':>5}{'x serial':>9}{'overhead':>9}"
-            f"{'scaling':>12}{'ms/call+':>9}{'env CPU ms':>11}{'CPU ovh':>8}{'pool own':>9}{'start-up s':>11}{'MB/env':>8}"
+            f"{'scaling':>12}{'host':>6}{'balance':>8}{'of ceil':>8}{'ms/call+':>9}{'env CPU ms':>11}{'CPU ovh':>8}"
+            f"{'pool own':>9}{'start-up s':>11}{'MB/env':>8}"
             f"{'parent µs':>10}{'load':>6}")
     lines = [head]
     for r in rows:
@@ -398,8 +470,12 @@ def _table(rows) -> str:
         ms = f"{r['overhead_ms_per_call']:+.2f}" if "overhead_ms_per_call" in r else ""
         co = "" if "cpu_overhead" not in r else "n/a" if r["cpu_overhead"] is None else f"{100 * r['cpu_overhead']:+.0f}%"
         po = "" if r.get("pool_own_overhead") is None else f"{100 * r['pool_own_overhead']:+.1f}%"
+        hs = "" if r.get("host_scaling") is None else f"{r['host_scaling']:.2f}"
+        bal = "" if r.get("balance") is None else f"{r['balance']:.2f}"
+        oc = "" if r.get("scaling_of_ceiling") is None else f"{100 * r['scaling_of_ceiling']:.0f}%"
         lines.append(f"{r['env']:<13}{r['envs']:>5}  {r['mode']:<10}{r['steps_per_s']:>9.1f}"
-                     f"{100 * r['spread']:>5.0f}{x:>9}{ov:>9}{sc:>12}{ms:>9}{r['env_cpu_ms_per_step']:>11.2f}{co:>8}{po:>9}"
+                     f"{100 * r['spread']:>5.0f}{x:>9}{ov:>9}{sc:>12}{hs:>6}{bal:>8}{oc:>8}{ms:>9}"
+                     f"{r['env_cpu_ms_per_step']:>11.2f}{co:>8}{po:>9}"
                      f"{r['startup_s']:>11.2f}"
                      f"{r['mem_mb_per_env']:>8.1f}{r['parent_cpu_us_per_step']:>10.0f}{r['load_1min']:>6.2f}")
     return "\n".join(lines)
@@ -456,7 +532,10 @@ def main(argv=None):
     print(f"\n(cores: {len(os.sched_getaffinity(0))}; overhead = 1 - pool/serial steps/s at the same work, target "
           f"< 10% at W=1; CPU ovh = the same in CPU per env step of the env-stepping processes; pool own = wall of "
           f"the pool's step calls / the slowest worker's time in env code - 1 (same calls); scaling = "
-          f"steps/s(W) / steps/s(W=1), ideal in brackets; parent µs = CPU time of this "
+          f"steps/s(W) / steps/s(W=1), ideal in brackets; host = the same for W CPU-bound Python processes on "
+          f"this machine, measured between the repetitions (its ceiling now); balance = the ceiling the split of "
+          f"the work allows (sum of the workers' env time / the slowest worker's, per call); of ceil = scaling / "
+          f"min(host, balance); parent µs = CPU time of this "
           f"process per env step; load = median 1-min load average during the block)")
     print("rerun: python benchmarks/text_envs.py " + " ".join(argv))
     if args.json:

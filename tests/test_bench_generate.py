@@ -44,10 +44,14 @@ def test_tiny_run_interleaves_fresh_processes_and_writes_rows(tmp_path):
         for x in runs:
             assert last_start < x["ours_started"] < x["hf_started"]
             last_start = x["hf_started"]
-        for k in ("ours_tok_s", "hf_tok_s", "ours_ttft_ms", "hf_ttft_ms", "ours_compile_s"):
+        for k in ("ours_tok_s", "hf_tok_s", "ours_ttft_ms", "hf_ttft_ms", "ours_compile_s", "ours_step_ms",
+                  "hf_step_ms"):
             assert r[k] == pytest.approx(statistics.median(x[k] for x in runs)), k
             assert r[k] > 0 and math.isfinite(r[k]), (k, r[k])
         assert r["speedup"] == pytest.approx(statistics.median(x["ratio"] for x in runs))
+        # The memory floor of a decode step: all fp32 weights + the cached K/V at the measured bandwidth.
+        kv = 2 * 2 * r["batch"] * 2 * 16 * 4 * (data["args"]["prompt_len"] + n / 2)  # layers, kv heads, head_dim
+        assert r["floor_step_ms"] == pytest.approx(1e3 * (4 * data["params"] + kv) / (data["read_gb_s"] * 1e9))
         for x in runs:
             assert x["ratio"] == pytest.approx(x["ours_tok_s"] / x["hf_tok_s"])
             assert x["hf_threads"] >= 1 and x["ours_load1"] >= 0 and x["hf_load1"] >= 0
@@ -55,7 +59,8 @@ def test_tiny_run_interleaves_fresh_processes_and_writes_rows(tmp_path):
         assert r["same_tokens"] == 1.0
         assert len(r["loadavg"]) == 3 and all(v >= 0 for v in r["loadavg"])
         assert r["device"] == "cpu x1" and r["repeats"] == repeats
-    assert "speedup" in proc.stdout and "load 1/5/15m" in proc.stdout
+    assert 0.5 < data["read_gb_s"] < 5000
+    assert "speedup" in proc.stdout and "load 1/5/15m" in proc.stdout and "floor" in proc.stdout
     assert sum(" repeat " in line for line in proc.stdout.splitlines()) == len(batches) * repeats
 
 

@@ -44,8 +44,16 @@ def _check_rows(rows, env, sizes, workers):
             # the env work inside it, up to clock granularity); the serial loop has no such split
             assert p["pool_own_overhead"] is not None and -0.05 < p["pool_own_overhead"] < 100
             assert serial["pool_own_overhead"] is None
+            # the work split's ceiling: between 1 (all work on one worker) and W (perfectly even)
+            assert 1.0 - 1e-6 <= p["balance"] <= w + 1e-6
             if w == 1:
                 assert p["scaling"] == pytest.approx(1.0)
+                assert p["host_scaling"] is None and p["scaling_of_ceiling"] is None
+            else:
+                # W busy processes on this machine: a sane ratio (noise can push one repetition past W)
+                assert 0.5 < p["host_scaling"] <= 2 * w and len(p["host_scaling_reps"]) == p["reps"]
+                ceiling = min(p["host_scaling"], p["balance"])
+                assert p["scaling_of_ceiling"] == pytest.approx(p["scaling"] / ceiling)
 
 
 def test_quickest_cli_run_writes_rows(tmp_path):
