@@ -18,8 +18,8 @@ own process, ~1). The parent process imports neither jax nor torch.
 Per decode step (ms/step = (full call - TTFT) / (new tokens - 1)), beside a memory floor: the time to read every
 fp32 weight plus the K/V cached so far (averaged over the call) once at this host's read bandwidth, measured in
 its own fresh process (a jitted sum over 256 MB). It shows how far from the hardware each side is: on the 2-core
-Xeon this project is built on, the default model's floor is ~34-40 ms/step at batch 16 while HF takes ~90-115,
-so a 2x speedup there leaves little room above the floor.
+Xeon this project is built on, the default model's floor is ~36-38 ms/step at batch 16 while HF takes ~90-120
+(128 new tokens: floor 38, ours 113, HF 120 ms/step), so 2x over HF there needs ~60 ms/step, 1.6x the floor.
 
     python benchmarks/generate.py                 # ~134M params (hidden 768, 12 layers, vocab 32k), batches
                                                   # 1,16,64, 32 new tokens, 3 repeats (~7-10 min on 2 idle cores, estimated)

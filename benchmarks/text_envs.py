@@ -162,13 +162,13 @@ class SerialRunner:
 class PoolRunner:
     """n envs in an `EnvPool` of `workers` processes; a round is one batched `step` call."""
 
-    def __init__(self, factory, n: int, workers: int):
+    def __init__(self, factory, n: int, workers: int, cpu_affinity=None):
         from envs.pool import EnvPool
 
         self.mode, self.workers = f"pool W={workers}", workers
         self.ids = list(range(n))
         self.pool = EnvPool(factory, num_workers=workers, envs_per_worker=n // workers, step_timeout_s=600,
-                            reset_timeout_s=600, start_timeout_s=600)
+                            reset_timeout_s=600, start_timeout_s=600, cpu_affinity=cpu_affinity)
 
     def reset(self, ids, seeds):
         return self.pool.reset(ids, seeds)
@@ -349,7 +349,7 @@ class HostProbe:
 
 
 def bench_size(env_name: str, factory, n: int, worker_counts, rounds: int, reps: int,
-               mem_budget_mb: float | None = None) -> list[dict]:
+               mem_budget_mb: float | None = None, cpu_affinity=None) -> list[dict]:
     """All modes for `n` envs, alive together, replayed interleaved; one row per mode."""
     import psutil
 
@@ -371,7 +371,7 @@ def bench_size(env_name: str, factory, n: int, worker_counts, rounds: int, reps:
             worker_counts = []
         for w in worker_counts:
             t = time.perf_counter()
-            p = PoolRunner(factory, n, w)
+            p = PoolRunner(factory, n, w, cpu_affinity)
             runners.append(p)
             _check_ok(p.mode, p.reset(list(range(n)), [seed for seed, _ in plan]))
             startup[p.mode] = time.perf_counter() - t
@@ -494,6 +494,8 @@ def main(argv=None):
                     help="'worker' (default): give this process (the serial loop) the pool workers' environment "
                          "variables (envs.pool.DEFAULT_WORKER_ENV: one BLAS/OpenMP thread, JAX on CPU, small JVM "
                          "heap), so the modes differ only by the pool; 'inherit': keep the shell's")
+    ap.add_argument("--cpu-affinity", choices=("none", "auto"), default="none",
+                    help="EnvPool(cpu_affinity=...): 'auto' pins worker w to core w")
     argv = list(sys.argv[1:] if argv is None else argv)  # copy now: some env imports rewrite sys.argv
     args = ap.parse_args(argv)
     names = sorted(ENV_FACTORIES) if args.env == "all" else [args.env]
@@ -523,7 +525,8 @@ def main(argv=None):
         for n in sizes:
             # leave a margin for the rest of the machine
             budget = 0.7 * psutil.virtual_memory().available / 2**20
-            block = bench_size(name, factory, n, args.workers, rounds, reps, mem_budget_mb=budget)
+            block = bench_size(name, factory, n, args.workers, rounds, reps, mem_budget_mb=budget,
+                               cpu_affinity=None if args.cpu_affinity == "none" else args.cpu_affinity)
             rows += block
             print(_table(block), flush=True)
             print(f"  (TextStep pickled: {block[0]['pickle_bytes_per_step']:.0f} B, pickle+unpickle "
