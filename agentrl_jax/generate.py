@@ -194,8 +194,20 @@ def prefill_compiler_options(cpu_eigen_dots: bool = True) -> Tuple[Tuple[str, st
     with its own kernels. No effect on other backends.
     """
     if cpu_eigen_dots and jax.default_backend() == "cpu":
-        return (("xla_cpu_experimental_ynn_fusion_type", ""),)
+        options = (("xla_cpu_experimental_ynn_fusion_type", ""),)
+        if _xla_accepts(options):
+            return options
     return ()
+
+
+@functools.lru_cache(maxsize=None)
+def _xla_accepts(options: Tuple[Tuple[str, str], ...]) -> bool:
+    """Whether this XLA knows these (experimental) options; an XLA without them keeps its default kernels."""
+    try:
+        jax.jit(lambda x: x + 1, compiler_options=dict(options)).lower(jnp.zeros((), jnp.float32)).compile()
+        return True
+    except Exception:  # noqa: BLE001 - XLA reports an unknown option as a generic runtime error
+        return False
 
 
 @functools.lru_cache(maxsize=None)

@@ -246,6 +246,7 @@ def test_prefill_and_decode_are_compiled_apart_with_their_own_kernels(model):
     opts = prefill_compiler_options()
     assert opts == (("xla_cpu_experimental_ynn_fusion_type", ""),)
     assert prefill_compiler_options(cpu_eigen_dots=False) == ()
+    assert not gen._xla_accepts((("xla_cpu_no_such_option", "1"),))  # an unknown option is refused, not fatal
     prefill, decode = gen._phase_jits(opts)
     graphdef, state = nnx.split(model)
     ids, mask = (jnp.asarray(a) for a in pad_batch(prompts(), length=16))
