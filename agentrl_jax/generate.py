@@ -31,7 +31,8 @@ _TRACES = {"generate_fn": 0}
 
 
 def trace_count() -> int:
-    """How many times `generate_fn` has been traced in this process (for recompilation checks)."""
+    """How many times generation's prefill (`prefill_fn`, inside `generate_fn` or `generate_jit`) has been traced
+    in this process (for recompilation checks: one per batch, prompt bucket and cache length)."""
     return _TRACES["generate_fn"]
 
 
@@ -123,7 +124,9 @@ def prefill_fn(graphdef, state, prompt_ids: jax.Array, prompt_mask: Optional[jax
                cache: KVCache) -> Tuple[jax.Array, KVCache]:
     """Write `prompt_ids` [B, P] (mask [B, P], None = all real) into `cache` after what it holds; return the
     logits [B, V] at each row's last real token (the first sampling distribution) and the new cache."""
-    _TRACES["generate_fn"] += 1  # Python side effect: runs once per trace, not per call
+    # Python side effect: runs once per trace, not per call. Counted here, in the prefill, because a new
+    # prompt bucket retraces it (with generate_jit, the decode program only depends on the cache shape).
+    _TRACES["generate_fn"] += 1
     model = nnx.merge(graphdef, state)
     mask = jnp.ones(prompt_ids.shape, bool) if prompt_mask is None else prompt_mask.astype(bool)
     _, hidden, cache = model.forward(prompt_ids.astype(jnp.int32), attention_mask=mask, cache=cache,

@@ -195,7 +195,7 @@ def host_rollout(graphdef, params, task: HostTask, config: gen.GenerationConfig,
             ids[j, p - len(kept):], mask[j, p - len(kept):] = kept, 1
             out["prompt_truncated"][active[j], t] = len(r) > p
         res = gen.generate_jit(graphdef, params, jnp.asarray(ids), jnp.asarray(mask),
-                                _policy_cache(graphdef, params, bsz, p + n), jax.random.fold_in(key, t), config)
+                               _policy_cache(graphdef, params, bsz, p + n), jax.random.fold_in(key, t), config)
         tokens, lps = np.asarray(res.tokens), np.asarray(res.logprobs)
         lengths, stopped = np.asarray(res.lengths), np.asarray(res.stopped)
         t1 = time.perf_counter()
@@ -385,7 +385,7 @@ def host_conversation_rollout(graphdef, params, task, chat, config: gen.Generati
         for i in np.flatnonzero(active):
             ids[i, width - len(chunks[i]):], mask[i, width - len(chunks[i]):] = chunks[i], 1
         res = gen.generate_jit(graphdef, params, jnp.asarray(ids), jnp.asarray(mask), cache,
-                                jax.random.fold_in(key, t), config, jnp.asarray(active))
+                               jax.random.fold_in(key, t), config, jnp.asarray(active))
         cache = res.cache
         tokens, lp = np.asarray(res.tokens), np.asarray(res.logprobs)
         lengths, stopped = np.asarray(res.lengths), np.asarray(res.stopped)

@@ -209,8 +209,9 @@ class SokobanPrompter:
         # Inner tokens without whitespace-only tokens at either end (the text parser strips the action, so
         # "<action>up\n</action>" is valid), shifted to start at 0, compared with every canonical spelling.
         word = (pos > where(a_open)) & (pos < where(a_close)) & ~ws
-        start = jnp.where(jnp.any(word), jnp.argmax(word), where(a_close))
-        inner_len = jnp.where(jnp.any(word), n - jnp.argmax(word[::-1]), start) - start
+        has_word = jnp.any(word)
+        start = jnp.where(has_word, jnp.argmax(word), where(a_close))
+        inner_len = jnp.where(has_word, n - jnp.argmax(word[::-1]), start) - start
         width = self.variant_table.shape[1]
         idx = start + jnp.arange(width)
         inner = jnp.where(jnp.arange(width) < inner_len, tokens[jnp.clip(idx, 0, n - 1)], -1)

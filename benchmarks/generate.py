@@ -225,6 +225,7 @@ def main(argv=None):
     if args.side is not None:
         return _child(args)
     N = args.new_tokens
+    step_ms = lambda x: 1e3 * (x["seconds"] - x["ttft_s"]) / max(N - 1, 1)  # noqa: E731  one decode step
     rows, t0 = [], time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="bench_generate_") as tmp:
         folder = os.path.join(tmp, "model")
@@ -245,7 +246,6 @@ def main(argv=None):
                 o, h = pair["ours"], pair["hf"]
                 if o["tokens"].shape != h["tokens"].shape:
                     raise RuntimeError(f"token shapes differ: ours {o['tokens'].shape}, hf {h['tokens'].shape}")
-                step_ms = lambda x: 1e3 * (x["seconds"] - x["ttft_s"]) / max(N - 1, 1)  # noqa: E731
                 runs.append(dict(repeat=r, ours_tok_s=b * N / o["seconds"], hf_tok_s=b * N / h["seconds"],
                                  ours_step_ms=step_ms(o), hf_step_ms=step_ms(h),
                                  ratio=h["seconds"] / o["seconds"], ours_ttft_ms=1e3 * o["ttft_s"],

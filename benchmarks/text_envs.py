@@ -248,8 +248,9 @@ def replay(runner, plan, rounds: int, record: bool = False) -> dict:
         env_cpu += runner.env_cpu_s() - e0
         inside = runner.env_seconds_in_last_step()
         split_ok = split_ok and inside is not None
-        env_wall += inside[0] if inside else 0.0
-        env_sum += inside[1] if inside else 0.0
+        slowest, summed = inside or (0.0, 0.0)
+        env_wall += slowest
+        env_sum += summed
         wall += t1 - t0
         cpu += c1 - c0
         _check_ok(runner.mode, out)
@@ -359,6 +360,7 @@ def bench_size(env_name: str, factory, n: int, worker_counts, rounds: int, reps:
     t0 = time.perf_counter()
     serial = SerialRunner(factory, n)
     runners, startup, mem = [serial], {}, {}
+    probe = None
     try:
         plan = make_plan(serial, list(range(n)))  # includes the first reset
         startup["serial"] = time.perf_counter() - t0
@@ -385,7 +387,8 @@ def bench_size(env_name: str, factory, n: int, worker_counts, rounds: int, reps:
 
         res = {r.mode: [] for r in runners}
         loads, host = [], {w: [] for w in worker_counts if w > 1}
-        probe = HostProbe(max(host)) if host else None
+        if host:
+            probe = HostProbe(max(host))
         for _ in range(reps):
             for r in runners:  # interleaved: serial, W=1, W=2, serial, ...
                 loads.append(os.getloadavg()[0])
@@ -398,7 +401,7 @@ def bench_size(env_name: str, factory, n: int, worker_counts, rounds: int, reps:
     finally:
         for r in runners:
             r.close()
-        if "probe" in locals() and probe is not None:
+        if probe is not None:
             probe.close()
 
     cores = len(os.sched_getaffinity(0))
