@@ -48,10 +48,10 @@ def flatten_conversations(batch) -> Tuple[Dict[str, np.ndarray], np.ndarray]:
     return samples, index
 
 
-def grpo_step_advantages(stats: EpisodeStats, index: np.ndarray, group_size: int, normalize_std: bool = True,
-                         eps: float = 1e-6) -> np.ndarray:
+def grpo_step_advantages(episode_returns: np.ndarray, index: np.ndarray, group_size: int,
+                         normalize_std: bool = True, eps: float = 1e-6) -> np.ndarray:
     """Episode e belongs to group e // group_size; each step gets its episode's normalised return."""
-    returns = jnp.asarray(np.asarray(stats.episode_return), jnp.float32)
+    returns = jnp.asarray(np.asarray(episode_returns), jnp.float32)
     n = returns.shape[0]
     if n % group_size:
         raise ValueError(f"{n} episodes do not split into groups of {group_size}.")
@@ -60,17 +60,35 @@ def grpo_step_advantages(stats: EpisodeStats, index: np.ndarray, group_size: int
     return np.asarray(adv)[index[:, 0]]
 
 
-def ppo_turn_advantages(batch: StepBatch, values_et: np.ndarray, gamma: float, lam: float
-                        ) -> Tuple[np.ndarray, np.ndarray]:
+def ppo_turn_advantages(reward_et: np.ndarray, valid_et: np.ndarray, values_et: np.ndarray, gamma: float,
+                        lam: float) -> Tuple[np.ndarray, np.ndarray]:
     """Turn-level GAE: per-turn rewards and critic values [E, T] → (advantages, returns) [E, T]."""
-    adv, ret = rl.gae_turns(jnp.asarray(np.asarray(batch.reward), jnp.float32), jnp.asarray(values_et),
-                            jnp.asarray(np.asarray(batch.valid), jnp.float32), gamma=gamma, lam=lam)
+    adv, ret = rl.gae_turns(jnp.asarray(reward_et, jnp.float32), jnp.asarray(values_et),
+                            jnp.asarray(valid_et, jnp.float32), gamma=gamma, lam=lam)
     return np.asarray(adv), np.asarray(ret)
 
 
-def minibatches(samples: Dict[str, np.ndarray], size: int, rng: np.random.Generator,
+def kl_reward_penalty(samples: Dict[str, np.ndarray], kl_coef: float, estimator: str) -> np.ndarray:
+    """kl_coef x each sample's summed per-token KL estimate between the rollout policy (old log-probs) and
+    the reference [S]: what `RLConfig.kl_in_reward` subtracts from the sample's turn reward."""
+    kl = rl.kl_estimate(jnp.asarray(samples["old_logprobs"]), jnp.asarray(samples["ref_logprobs"]), estimator)
+    mask = samples["response_mask"]
+    return kl_coef * np.where(mask > 0, np.asarray(kl), 0.0).sum(axis=1).astype(np.float32)
+
+
+def explained_variance(returns: np.ndarray, values: np.ndarray) -> float:
+    """1 - Var(returns - values) / Var(returns) over the batch (0 when the returns do not vary)."""
+    var = float(np.var(returns))
+    return 0.0 if var == 0 else float(1.0 - np.var(returns - values) / var)
+
+
+def minibatches(samples: Dict[str, np.ndarray], size: int, rng: Optional[np.random.Generator],
                 shuffle: bool = True) -> Iterator[Dict[str, np.ndarray]]:
-    """Fixed-size minibatches (one compiled step); the last is padded with zero-weight copies."""
+    """Fixed-size minibatches (one compiled step); the last is padded with zero-weight copies.
+
+    Minibatches of loss samples (those with a `response_mask`) also carry the whole minibatch's counts
+    (`with_counts`), so a loss computed on micro-batches of one adds up to the loss of all of it.
+    """
     s = len(next(iter(samples.values())))
     order = rng.permutation(s) if shuffle else np.arange(s)
     for start in range(0, s, size):
@@ -81,13 +99,32 @@ def minibatches(samples: Dict[str, np.ndarray], size: int, rng: np.random.Genera
             idx = np.concatenate([idx, np.resize(idx, size - len(idx))])
         mb = {k: v[idx] for k, v in samples.items()}
         mb["weight"] = weight
-        yield mb
+        yield with_counts(mb) if "response_mask" in mb else mb
+
+
+COUNT_KEYS = ("count_tokens", "count_rows", "count_samples")
+
+
+def with_counts(mb: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
+    """Add the minibatch's counts as per-row copies (so they split and shard like any batch leaf):
+    counted response tokens, rows with >= 1 counted token, and real (weight 1) samples."""
+    mask = mb["response_mask"] * mb["weight"][:, None]
+    b = len(mask)
+    counts = (mask.sum(), (mask.sum(axis=1) > 0).sum(), mb["weight"].sum())
+    return dict(mb, **{k: np.full(b, c, np.float32) for k, c in zip(COUNT_KEYS, counts)})
+
+
+def _counts(mb: Dict[str, jax.Array]) -> Tuple[rl.Counts, rl.Counts]:
+    """(token counts for the policy terms, per-sample counts for the value term) of the whole minibatch."""
+    samples = mb["count_samples"][0]
+    return rl.Counts(mb["count_tokens"][0], mb["count_rows"][0]), rl.Counts(samples, samples)
 
 
 def score_samples(policy: Policy, mb: Dict[str, jax.Array], prompt_len: int, temperature: float,
-                  with_values: bool) -> Dict[str, jax.Array]:
+                  with_values: bool, chunk_size: Optional[int] = None) -> Dict[str, jax.Array]:
     """Forward pass without gradients: logprobs (and values) of the sampled responses."""
-    lp, _, values = response_outputs(policy, mb["ids"], mb["attn"], prompt_len, temperature, with_values)
+    lp, _, values = response_outputs(policy, mb["ids"], mb["attn"], prompt_len, temperature, with_values,
+                                     chunk_size)
     out = {"logprobs": lp}
     if with_values:
         out["values"] = values
@@ -95,29 +132,42 @@ def score_samples(policy: Policy, mb: Dict[str, jax.Array], prompt_len: int, tem
 
 
 def rl_loss(policy: Policy, mb: Dict[str, jax.Array], key, *, config: rl.RLConfig, prompt_len: int,
-            temperature: float) -> Tuple[jax.Array, Dict[str, jax.Array]]:
-    """The GRPO / PPO loss on one minibatch (see `agentrl_jax.rl.ppo_loss`); value loss on turn values."""
+            temperature: float, chunk_size: Optional[int] = None) -> Tuple[jax.Array, Dict[str, jax.Array]]:
+    """The GRPO / PPO loss on one (micro-)batch (see `agentrl_jax.rl.ppo_loss`); value loss on turn values.
+
+    Every term is normalised by the counts of the whole minibatch the batch came from (`with_counts`): the
+    loss and every metric are additive over its micro-batches (`make_train_step(accumulate="sum")`), so
+    `train.micro_batch_size` changes memory, never the update.
+    """
     del key
     ppo = config.algorithm == "ppo"
-    lp, ent, values = response_outputs(policy, mb["ids"], mb["attn"], prompt_len, temperature, with_values=ppo)
+    lp, ent, values = response_outputs(policy, mb["ids"], mb["attn"], prompt_len, temperature, with_values=ppo,
+                                       chunk_size=chunk_size)
     mask = mb["response_mask"] * mb["weight"][:, None]
     adv = jnp.broadcast_to(mb["advantages"][:, None], lp.shape)
+    token_counts, sample_counts = _counts(mb)
     loss, metrics = rl.ppo_loss(config, lp, mb["old_logprobs"], adv, mask, entropy=ent,
-                                ref_logprobs=mb.get("ref_logprobs"))
+                                ref_logprobs=mb.get("ref_logprobs"), counts=token_counts)
     if ppo:
         w = mb["weight"][:, None]
+        clip = config.value_clip
+        if clip is not None and config.value_clip_scale == "return_std":
+            clip = mb["value_clip"][:, None]
         vf, vf_metrics = rl.value_loss(values[:, None], mb["old_values"][:, None], mb["returns"][:, None], w,
-                                       config.value_clip)
+                                       clip, counts=sample_counts)
         loss = loss + config.value_coef * vf
         metrics = dict(metrics, vf_loss=vf, **vf_metrics)
-    metrics = dict(metrics, response_tokens=jnp.sum(mask))
+    # The total is recomputed from the additive parts (ppo_loss's "loss" is the pre-value total).
+    metrics = dict(metrics, loss=jax.lax.stop_gradient(loss), response_tokens=jnp.sum(mask))
     return loss, metrics
 
 
-def sft_loss(policy: Policy, mb: Dict[str, jax.Array], key, *, prompt_len: int) -> Tuple[jax.Array, Dict]:
-    """Token-mean negative log-likelihood of the response tokens (expert answers)."""
+def sft_loss(policy: Policy, mb: Dict[str, jax.Array], key, *, prompt_len: int,
+             chunk_size: Optional[int] = None) -> Tuple[jax.Array, Dict]:
+    """Token-mean negative log-likelihood of the response tokens (expert answers) over the whole minibatch
+    (additive over micro-batches, like `rl_loss`)."""
     del key
-    lp, _, _ = response_outputs(policy, mb["ids"], mb["attn"], prompt_len)
+    lp, _, _ = response_outputs(policy, mb["ids"], mb["attn"], prompt_len, chunk_size=chunk_size)
     mask = mb["response_mask"] * mb["weight"][:, None]
-    nll = -rl.masked_mean(lp, mask)
+    nll = -rl.masked_mean(lp, mask, count=_counts(mb)[0].tokens)
     return nll, {"nll": nll}

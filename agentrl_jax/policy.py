@@ -17,7 +17,7 @@ from flax import nnx
 
 from agentrl_jax.models import CausalLM, ValueHead, load_pretrained
 from agentrl_jax.models.tiny import ensure_tiny_folder
-from agentrl_jax.rl import token_logprobs_and_entropy
+from agentrl_jax.rl import logprobs_from_hidden_fn
 
 TINY = "tiny"
 
@@ -72,19 +72,22 @@ def load_policy(model_path: str, with_value_head: bool = False, dtype: Optional[
 
 
 def response_outputs(policy: Policy, ids: jax.Array, attention_mask: jax.Array, prompt_len: int,
-                     temperature: float = 1.0, with_values: bool = False
+                     temperature: float = 1.0, with_values: bool = False, chunk_size: Optional[int] = None
                      ) -> Tuple[jax.Array, jax.Array, Optional[jax.Array]]:
     """Score the response part of packed samples.
 
     ids/attention_mask int32 [B, P + N]: a right-aligned prompt of P slots followed by N response slots.
     Returns (logprobs [B, N], entropy [B, N]) of the response tokens under logits / temperature, and the
     critic's value of the state (hidden at the last prompt token) [B] when `with_values`.
+    chunk_size: the response's float32 logits exist only for this many positions at a time (forward and
+    backward), never as a whole [B, N, V] tensor (at an 8B model's 128k vocabulary, 512 response tokens and a
+    micro-batch of 16 that tensor alone is 4 GiB); None or >= N = all at once.
     """
     _, hidden, _ = policy.lm.forward(ids, attention_mask=attention_mask, return_logits=False)
     n = ids.shape[1] - prompt_len
     h = hidden[:, prompt_len - 1: prompt_len - 1 + n]
-    logits = policy.lm.logits(h)
-    lp, ent = token_logprobs_and_entropy(logits, ids[:, prompt_len:], temperature)
+    lp, ent = logprobs_from_hidden_fn(h, policy.lm.logits, ids[:, prompt_len:], temperature, chunk_size,
+                                      with_entropy=True)
     values = None
     if with_values:
         if policy.value_head is None:

@@ -31,9 +31,10 @@ def sokoban_expert_samples(env: sk.Sokoban, prompter: SokobanPrompter, num_level
                            max_response_tokens: int, data: str = "solver") -> Dict[str, np.ndarray]:
     """Packed SFT samples (ids, attn, response_mask) from solver solutions of `num_levels` generated levels.
 
-    data="solver": the optimal actions (expert warm-up). data="format": the same states answered with a
-    uniformly random action word, which teaches only the answer format (a clean start for measuring what
-    RL itself learns).
+    data="solver": the optimal actions (expert warm-up). data="format": the same levels walked with uniformly
+    random moves for as many steps as the solution (or until the level ends), each answered with its move,
+    which teaches only the answer format (a clean start for measuring what RL itself learns); the history
+    in every next prompt shows the move that was trained and the board it produced.
     """
     if data not in SFT_DATA:
         raise ValueError(f"unknown SFT data {data!r}; use one of {SFT_DATA}")
@@ -51,12 +52,16 @@ def sokoban_expert_samples(env: sk.Sokoban, prompter: SokobanPrompter, num_level
             continue
         prev, prev_action = state, -1
         for t, action in enumerate(plan[: env.max_steps]):
+            if data == "format":  # a random move, and the episode goes on from where it leads
+                action = int(rng.integers(len(sk.ACTION_WORDS)))
             prompt = prompter.host_prompt_ids(state, prev, prev_action, t)
-            shown = action if data == "solver" else int(rng.integers(len(sk.ACTION_WORDS)))
-            answer = prompter.encode(expert_answer(shown, prompter.thinking, state)) + [stop]
+            answer = prompter.encode(expert_answer(action, prompter.thinking, state)) + [stop]
             rows.append((prompt, answer[:n]))
+            # The next prompt's history shows exactly the trained answer and the board it led to.
             prev, prev_action = state, action
-            state, _ = step(state, action)
+            state, ts = step(state, action)
+            if bool(ts.done):
+                break
     ids = np.full((len(rows), p + n), prompter.pad_id, np.int32)
     attn = np.zeros((len(rows), p + n), np.int32)
     resp = np.zeros((len(rows), n), np.float32)

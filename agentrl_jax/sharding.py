@@ -300,14 +300,19 @@ def make_train_step(
     *,
     accum_steps: int = 1,
     donate: bool = True,
+    accumulate: str = "mean",
 ) -> Callable[[Any, Any, Any, jax.Array], Tuple[Any, Any, dict]]:
     """A jitted ``step(params, opt_state, batch, key) -> (params, opt_state, metrics)``.
 
     * `loss_fn(model, batch, key) -> (loss, aux)` where `model = nnx.merge(graphdef, params)`; `aux` is a
       dict of scalars (averaged over micro-batches into `metrics`).
     * Gradient accumulation is an explicit ``lax.scan`` inside the step: with ``accum_steps=k > 1`` every
-      batch leaf is ``[k, micro_B, ...]`` and the update uses the mean gradient of the k micro-batches
-      (equal to one batch of ``k*micro_B`` when the loss is a per-example mean).
+      batch leaf is ``[k, micro_B, ...]``. ``accumulate="mean"``: the update uses the mean gradient (and
+      the mean loss and metrics) of the k micro-batches, equal to one batch of ``k*micro_B`` only when the
+      loss is a mean over equally weighted examples. ``accumulate="sum"``: gradients, loss and metrics are
+      summed, for losses that return their micro-batch's *share* of the whole batch's loss (normalised by
+      whole-batch counts carried in the batch, as `learner.rl_loss` does): exact for any masks, padding
+      rows or loss aggregation.
     * The batch's (micro-)batch dim is sharded over the mesh axes of the ``batch`` rule (data, fsdp).
     * A non-finite loss or gradient never reaches the weights: with :func:`optim.make_optimizer` (which
       wraps ``optax.apply_if_finite``) the update is rejected there and counted in its state; for any other
@@ -318,6 +323,9 @@ def make_train_step(
     """
     if accum_steps < 1:
         raise ValueError(f"make_train_step: accum_steps must be >= 1, got {accum_steps}.")
+    if accumulate not in ("mean", "sum"):
+        raise ValueError(f"make_train_step: accumulate={accumulate!r}; use 'mean' or 'sum'.")
+    scale = 1.0 if accumulate == "sum" else 1.0 / accum_steps
     rules = shardings.rules
     divisor = batch_divisor(mesh, rules)
     b_sh = batch_sharding(mesh, rules, accum=accum_steps > 1)
@@ -352,9 +360,9 @@ def make_train_step(
                 (g_sum, l_sum, a_sum), _ = jax.lax.scan(
                     body, (zeros_g, jnp.zeros((), jnp.float32), zeros_a), (jnp.arange(accum_steps), batch)
                 )
-                grads = jax.tree.map(lambda s, p: (s / accum_steps).astype(p.dtype), g_sum, params)
-                loss = l_sum / accum_steps
-                aux = jax.tree.map(lambda a: a / accum_steps, a_sum)
+                grads = jax.tree.map(lambda s, p: (s * scale).astype(p.dtype), g_sum, params)
+                loss = l_sum * scale
+                aux = jax.tree.map(lambda a: a * scale, a_sum)
 
         grad_norm = optax.global_norm(grads)
         finite = jnp.isfinite(loss) & _all_finite(grads)

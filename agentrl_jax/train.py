@@ -18,7 +18,7 @@ import logging as _pylogging
 import os
 import sys
 import time
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import gin
 import jax
@@ -28,7 +28,7 @@ from flax import nnx
 
 import envs.sokoban as sk
 from agentrl_jax import checkpoint as ckpt
-from agentrl_jax import distributed, learner, optim, rl, sharding
+from agentrl_jax import distributed, learner, optim, partitioning, rl, sharding
 from agentrl_jax import generate as gen
 from agentrl_jax.chat import ChatFormat
 from agentrl_jax.logging import MetricsLogger
@@ -96,7 +96,7 @@ class Trainer:
     def __init__(self, *, output_dir, model_path, env_name, rollout_mode, rl_config, tasks_per_step, group_size,
                  minibatch_size, max_response_tokens, temperature, top_p, top_k, eval_temperature,
                  eval_episodes, invalid_penalty, seed, mesh, thinking, prompt_mode="window",
-                 max_context_tokens=4096):
+                 max_context_tokens=4096, micro_batch_size=None, logits_chunk_size=None):
         self.output_dir, self.env_name, self.rollout_mode = output_dir, env_name, rollout_mode
         self.cfg: rl.RLConfig = rl_config
         self.tasks_per_step, self.group_size = tasks_per_step, group_size
@@ -104,6 +104,8 @@ class Trainer:
         self.eval_episodes, self.seed, self.mesh = eval_episodes, seed, mesh
         self.temperature = temperature
         self.prompt_mode, self.max_context_tokens = prompt_mode, max_context_tokens
+        self.micro_batch_size = micro_batch_size or minibatch_size
+        self.logits_chunk_size = logits_chunk_size
         ppo = rl_config.algorithm == "ppo"
         if prompt_mode == "conversation":
             if rollout_mode != "host":
@@ -144,9 +146,18 @@ class Trainer:
             self.max_prompt_tokens = self.text.max_prompt_tokens
         # Window samples are [prompt P | response N]; conversation samples are [1 | rest of the buffer].
         self.prompt_len = 1 if prompt_mode == "conversation" else self.max_prompt_tokens
-        self._score = jax.jit(functools.partial(learner.score_samples, prompt_len=self.prompt_len,
-                                                temperature=max(temperature, 1e-6) if temperature > 0 else 1.0,
-                                                with_values=ppo))
+        score = functools.partial(learner.score_samples, prompt_len=self.prompt_len,
+                                  temperature=temperature if temperature > 0 else 1.0, with_values=ppo,
+                                  chunk_size=logits_chunk_size)
+
+        def score_fn(params, mb):
+            with partitioning.axis_rules(mesh, self.rules):  # the same logical-axis rules as the train step
+                return score(nnx.merge(self.graphdef, params), mb)
+
+        # The scoring pass runs on micro-batches placed exactly like the train step's (batch over data x fsdp),
+        # so it never needs more memory than a training micro-batch.
+        self._score = jax.jit(score_fn, in_shardings=(self.param_sh, self.train_sh.batch),
+                              out_shardings=self.train_sh.replicated)
         self.timings: Dict[str, float] = {}
 
     # ------------------------------------------------------------------------------------------ rollout
@@ -184,14 +195,17 @@ class Trainer:
     def make_update(self, loss_fn, tx, params, accum_steps: int = 1):
         """(jitted sharded train step for `loss_fn`, optimizer state created sharded, its shardings).
 
-        accum_steps > 1: each minibatch is split into that many micro-batches whose gradients are averaged
-        (bounds activation memory for long prompts); feed it through `shard(mb, accum_steps)`.
+        accum_steps > 1: each minibatch is split into that many micro-batches whose gradients are summed
+        (`loss_fn` normalises by the whole minibatch's counts), which bounds activation memory for long
+        prompts without changing the update; feed it through `shard(mb, accum_steps)`.
         """
         o_sh = sharding.tree_shardings(jax.eval_shape(tx.init, params), self.mesh, self.rules)
         opt_state = jax.jit(tx.init, out_shardings=o_sh)(params)
         spec = dataclasses.replace(self.train_sh, opt_state=o_sh)
+        # accumulate="sum": the losses (learner.rl_loss / sft_loss) return their micro-batch's share of the
+        # whole minibatch's loss, so accumulation is exact (a memory knob only).
         step = sharding.make_train_step(loss_fn, tx, self.mesh, spec, self.graphdef, accum_steps=accum_steps,
-                                        donate=False)
+                                        donate=False, accumulate="sum")
         return step, opt_state, o_sh
 
     def shard(self, minibatch: Dict[str, np.ndarray], accum_steps: int = 1):
@@ -199,39 +213,57 @@ class Trainer:
         to [accum_steps, micro_batch, ...]."""
         if accum_steps > 1:
             minibatch = {k: v.reshape((accum_steps, -1) + v.shape[1:]) for k, v in minibatch.items()}
-        return sharding.shard_batch({k: jnp.asarray(v) for k, v in minibatch.items()}, self.train_sh, accum_steps)
+        # Host arrays go straight to their shards (no detour through one device).
+        return sharding.shard_batch({k: np.asarray(v) for k, v in minibatch.items()}, self.train_sh, accum_steps)
 
-    def prepare(self, params, batch, stats) -> Dict[str, np.ndarray]:
+    def prepare(self, params, batch, stats) -> Tuple[Dict[str, np.ndarray], Dict[str, float]]:
+        """The packed samples of a rollout batch with old / reference log-probs and advantages, and the
+        metrics only the whole batch can give (explained variance, the KL folded into the rewards)."""
         flatten = learner.flatten_conversations if self.prompt_mode == "conversation" else learner.flatten_samples
         samples, index = flatten(batch)
         scored = self._score_all(params, samples)
         samples["old_logprobs"] = scored["logprobs"]
         if self.ref_params is not None:
             samples["ref_logprobs"] = self._score_all(self.ref_params, samples)["logprobs"]
+        metrics: Dict[str, float] = {}
+        reward_et = np.asarray(batch.reward, np.float32).copy() if hasattr(batch, "reward") else None
+        returns_e = np.asarray(stats.episode_return, np.float32).copy()
+        if self.cfg.kl_in_reward and self.ref_params is not None:
+            penalty = learner.kl_reward_penalty(samples, self.cfg.kl_coef, self.cfg.kl_estimator)
+            np.subtract.at(returns_e, index[:, 0], penalty)
+            if reward_et is not None:
+                np.subtract.at(reward_et, (index[:, 0], index[:, 1]), penalty)
+            metrics["kl_reward_penalty"] = float(penalty.mean())
         if self.cfg.algorithm == "grpo":
-            samples["advantages"] = learner.grpo_step_advantages(stats, index, self.group_size,
+            samples["advantages"] = learner.grpo_step_advantages(returns_e, index, self.group_size,
                                                                  self.cfg.grpo_normalize_std, self.cfg.grpo_eps)
         else:
             values_et = np.zeros(np.asarray(batch.valid).shape, np.float32)
             values_et[index[:, 0], index[:, 1]] = scored["values"]
-            adv, ret = learner.ppo_turn_advantages(batch, values_et, self.cfg.gamma, self.cfg.lam)
+            adv, ret = learner.ppo_turn_advantages(reward_et, np.asarray(batch.valid), values_et, self.cfg.gamma,
+                                                   self.cfg.lam)
             adv_s = adv[index[:, 0], index[:, 1]]
             samples["advantages"] = (adv_s - adv_s.mean()) / (adv_s.std() + 1e-6)
             samples["returns"] = ret[index[:, 0], index[:, 1]]
             samples["old_values"] = scored["values"]
-        return samples
+            if self.cfg.value_clip is not None and self.cfg.value_clip_scale == "return_std":
+                std = float(samples["returns"].std())
+                clip = self.cfg.value_clip * (std if std > 0 else 1.0)
+                samples["value_clip"] = np.full(len(index), clip, np.float32)
+                metrics["vf_clip_range"] = clip
+            metrics["vf_explained_var"] = learner.explained_variance(samples["returns"], scored["values"])
+        return samples, metrics
 
     def _score_all(self, params, samples):
+        """Old / reference log-probs (and values) of every sample, one training-sized micro-batch at a time."""
         outs: Dict[str, List[np.ndarray]] = {}
         s = len(samples["ids"])
-        for mb in learner.minibatches({k: samples[k] for k in ("ids", "attn")}, self.minibatch_size,
-                                      np.random.default_rng(0), shuffle=False):
-            policy = nnx.merge(self.graphdef, params)
-            res = self._score(policy, {k: jnp.asarray(v) for k, v in mb.items()})
+        for mb in learner.minibatches({k: samples[k] for k in ("ids", "attn")}, self.micro_batch_size, None,
+                                      shuffle=False):
+            res = self._score(params, sharding.shard_batch(mb, self.train_sh))
             for k, v in res.items():
                 outs.setdefault(k, []).append(np.asarray(v))
         return {k: np.concatenate(v)[:s] for k, v in outs.items()}
-
 
 
 @gin.configurable(denylist=["mesh"])
@@ -252,6 +284,7 @@ def train(
     thinking: bool = True,
     prompt_mode: str = "window",
     max_context_tokens: int = 4096,
+    logits_chunk_size: Optional[int] = 128,
     invalid_penalty: float = -0.1,
     eval_every: int = 15,
     eval_episodes: int = 64,
@@ -289,6 +322,9 @@ def train(
                          f"got {sft_max_success}.")
     if int(sft_check_every) < 1:
         raise ValueError(f"train.sft_check_every must be >= 1, got {sft_check_every}.")
+    if logits_chunk_size is not None and int(logits_chunk_size) < 1:
+        raise ValueError(f"train.logits_chunk_size must be >= 1 (response positions per logits slice) or None "
+                         f"(all at once), got {logits_chunk_size}.")
     micro = micro_batch_size or minibatch_size
     if micro < 1 or minibatch_size % micro:
         raise ValueError(f"train.micro_batch_size={micro_batch_size} must divide train.minibatch_size={minibatch_size} "
@@ -308,11 +344,13 @@ def train(
                  minibatch_size=minibatch_size, max_response_tokens=max_response_tokens, temperature=temperature,
                  top_p=top_p, top_k=top_k, eval_temperature=eval_temperature, eval_episodes=eval_episodes,
                  invalid_penalty=invalid_penalty, seed=seed, mesh=mesh, thinking=thinking, prompt_mode=prompt_mode,
-                 max_context_tokens=max_context_tokens)
+                 max_context_tokens=max_context_tokens, micro_batch_size=micro,
+                 logits_chunk_size=logits_chunk_size)
     tx = optim.make_optimizer()
     rl_step, opt_state, o_sh = tr.make_update(
         functools.partial(learner.rl_loss, config=rl_config, prompt_len=tr.prompt_len,
-                          temperature=temperature if temperature > 0 else 1.0), tx, tr.params, accum_steps)
+                          temperature=temperature if temperature > 0 else 1.0, chunk_size=logits_chunk_size),
+        tx, tr.params, accum_steps)
     tr.accum_steps = accum_steps
 
     checkpointer = ckpt.Checkpointer(os.path.join(output_dir, "checkpoints"), save_every=checkpoint_every,
@@ -348,10 +386,16 @@ def train(
             logger.write(f"step 0: initial policy {json.dumps({k: round(v, 4) for k, v in base.items()})}")
             last.update(base)
         tr.ref_params = ref_params
-        rng = np.random.default_rng(seed + start_step)
         for step in range(start_step + 1, num_steps + 1):
-            metrics = _rl_iteration(tr, rl_step, step, params, opt_state, key, rng, rl_config)
-            params, opt_state, metrics, batch, stats = metrics
+            before = {"params": params, "opt_state": opt_state, "key": key}
+            if ref_params is not None:
+                before["ref_params"] = ref_params
+            out = _rl_iteration(tr, rl_step, step, params, opt_state, key, rl_config)
+            if out is None:  # preempted between minibatches: keep the state this step started from
+                checkpointer.maybe_save(step - 1, before, extra_json={"step": step - 1}, force=True)
+                logger.write(f"preemption requested during step {step}: saved step {step - 1}, exiting")
+                break
+            params, opt_state, metrics, batch, stats = out
             if eval_every and (step % eval_every == 0 or step == num_steps):
                 metrics.update(tr.evaluate(params, step))
             logger.scalars(step, metrics)
@@ -359,9 +403,7 @@ def train(
                 logger.text(step, "samples/episode", _episode_text(tr.tokenizer, batch, stats, 0))
                 logger.histogram(step, "returns", np.asarray(stats.episode_return))
             last = metrics
-            state = {"params": params, "opt_state": opt_state, "key": key}
-            if ref_params is not None:
-                state["ref_params"] = ref_params
+            state = dict(before, params=params, opt_state=opt_state)
             preempted = ckpt.preemption_requested(step)
             checkpointer.maybe_save(step, state, extra_json={"step": step}, metrics=metrics,
                                     force=preempted or step == num_steps)
@@ -376,22 +418,35 @@ def train(
     return last
 
 
-def _rl_iteration(tr: Trainer, rl_step, step, params, opt_state, key, rng, cfg: rl.RLConfig):
+def _preempted_mid_step() -> bool:
+    """A preemption signal seen between minibatches. Single process only: with several processes every host
+    must stop at the same point, which only the step-end sync point (`ckpt.preemption_requested(step)`) gives."""
+    return jax.process_count() == 1 and ckpt.preemption_requested()
+
+
+def _rl_iteration(tr: Trainer, rl_step, step, params, opt_state, key, cfg: rl.RLConfig):
+    """One RL step; None when a preemption arrived before its last minibatch (the caller keeps the state the
+    step started from: every random choice of a step derives from (seed, step), so redoing it is exact)."""
     t0 = time.perf_counter()
     level_keys, seeds = tr.episode_keys(step, tr.tasks_per_step, tr.group_size, stream=0)
     tr.timings.clear()
     batch, stats = tr.rollout(params, level_keys, jax.random.fold_in(key, step), tr.gen_config, seeds)
     t1 = time.perf_counter()
-    samples = tr.prepare(params, batch, stats)
+    samples, batch_metrics = tr.prepare(params, batch, stats)
+    # The minibatch order is a function of (seed, step), never of where a run was resumed.
+    rng = np.random.default_rng([tr.seed, step])
     metrics_list = []
     for epoch in range(cfg.ppo_epochs):
         for mb in learner.minibatches(samples, tr.minibatch_size, rng):
+            if _preempted_mid_step():
+                return None
             params, opt_state, m = rl_step(params, opt_state, tr.shard(mb, tr.accum_steps),
                                            jax.random.fold_in(key, step * 1000 + epoch))
             metrics_list.append(m)
     jax.block_until_ready(params)  # the steps run asynchronously; time them to the end
     t2 = time.perf_counter()
     m = {k: float(np.mean([float(x[k]) for x in metrics_list])) for k in metrics_list[0]} if metrics_list else {}
+    m.update(batch_metrics)
     m.update(_summarise(stats, batch))
     gen_tokens = _generated_tokens(batch)
     env_steps = float(np.asarray(batch.valid).sum())
@@ -435,7 +490,11 @@ def _sft_warmup(tr: Trainer, params, steps, levels, batch_size, max_response_tok
     samples = sokoban_expert_samples(tr.env, tr.prompter, levels, seed + 10_000, max_response_tokens, data)
     with gin.config_scope("sft"):
         tx = optim.make_optimizer()
-    step_fn, opt_state, _ = tr.make_update(functools.partial(learner.sft_loss, prompt_len=tr.prompt_len), tx, params)
+    # The expert samples are window samples [prompt P | answer N] in every prompt mode (a conversation
+    # policy sees the same current-step text at the end of its buffer), so the loss uses their own layout.
+    step_fn, opt_state, _ = tr.make_update(
+        functools.partial(learner.sft_loss, prompt_len=tr.prompter.max_prompt_tokens,
+                          chunk_size=tr.logits_chunk_size), tx, params)
     rng = np.random.default_rng(seed)
     done = 0
     kept, kept_step = params, 0  # the last parameters known to be within max_success

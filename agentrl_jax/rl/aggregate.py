@@ -6,12 +6,37 @@ yields 0, never NaN.
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
 
 AGGREGATION_MODES = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum")
+
+
+class Counts(NamedTuple):
+    """Counts of a whole minibatch, for losses computed on one micro-batch of it at a time.
+
+    With them every loss and metric is the micro-batch's *share* of the minibatch value (sums over the
+    micro-batch divided by whole-minibatch counts), so the shares of all micro-batches add up to exactly the
+    unsplit minibatch's value, whatever the masks: gradient accumulation becomes a pure memory knob.
+    tokens: counted tokens (token-mean's denominator and the metrics'); rows: rows with >= 1 counted token
+    (the seq-* modes' denominator).
+    """
+    tokens: jax.Array
+    rows: jax.Array
+
+    def normalizer(self, mode: str) -> jax.Array:
+        return self.tokens if mode == "token-mean" else self.rows
+
+
+def count_of(counts: Optional[Counts]) -> Optional[jax.Array]:
+    """The token count for metric means, or None (= the mask's own count)."""
+    return None if counts is None else counts.tokens
+
+
+def normalizer_of(counts: Optional[Counts], mode: str) -> Optional[jax.Array]:
+    return None if counts is None else counts.normalizer(mode)
 
 
 def _safe_div(num: jax.Array, den: jax.Array) -> jax.Array:
@@ -37,10 +62,14 @@ def masked_sum(x: jax.Array, mask: jax.Array, axis=None) -> jax.Array:
     return jnp.sum(_zero_out(x, mask), axis=axis)
 
 
-def masked_mean(x: jax.Array, mask: jax.Array, axis=None) -> jax.Array:
-    """Mean of `x` over positions where mask > 0; 0 where nothing is counted."""
+def masked_mean(x: jax.Array, mask: jax.Array, axis=None, count: Optional[jax.Array] = None) -> jax.Array:
+    """Mean of `x` over positions where mask > 0; 0 where nothing is counted.
+
+    `count` overrides the denominator (e.g. the whole minibatch's token count when this is one micro-batch
+    of it: the micro-batch results then add up to the minibatch mean).
+    """
     _check_same_shape(x, mask, "masked_mean")
-    return _safe_div(jnp.sum(_zero_out(x, mask), axis=axis), jnp.sum(mask, axis=axis))
+    return _safe_div(jnp.sum(_zero_out(x, mask), axis=axis), jnp.sum(mask, axis=axis) if count is None else count)
 
 
 def masked_var(x: jax.Array, mask: jax.Array, unbiased: bool = True) -> jax.Array:

@@ -9,12 +9,12 @@ With log r = log pi(a) - log pi_ref(a) (a ~ pi):
 """
 from __future__ import annotations
 
-from typing import Dict, Tuple
+from typing import Dict, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
 
-from agentrl_jax.rl.aggregate import aggregate, masked_mean
+from agentrl_jax.rl.aggregate import Counts, aggregate, count_of, masked_mean, normalizer_of
 
 KL_ESTIMATORS = ("k1", "k2", "k3", "low_var_kl")
 
@@ -50,12 +50,14 @@ def kl_penalty_in_reward(rewards: jax.Array, kl: jax.Array, coef, mask: jax.Arra
 
 
 def kl_loss(logprobs: jax.Array, ref_logprobs: jax.Array, mask: jax.Array, kind: str = "low_var_kl",
-            aggregation: str = "token-mean") -> Tuple[jax.Array, Dict[str, jax.Array]]:
+            aggregation: str = "token-mean", counts: Optional[Counts] = None
+            ) -> Tuple[jax.Array, Dict[str, jax.Array]]:
     """KL-to-reference as a loss term (multiply by kl_coef outside). Gradient flows through `logprobs`.
 
     Returns (loss scalar, {"kl": token-mean of the estimate}).
     """
     on = mask > 0  # select (not multiply) so NaN/inf at padding cannot reach values or gradients
     kl = kl_estimate(jnp.where(on, logprobs, 0.0), jnp.where(on, ref_logprobs, 0.0), kind)
-    loss = aggregate(kl, mask, aggregation)
-    return loss, {"kl": jax.lax.stop_gradient(masked_mean(kl, mask.astype(jnp.float32)))}
+    loss = aggregate(kl, mask, aggregation, normalizer_of(counts, aggregation))
+    kl_mean = masked_mean(kl, mask.astype(jnp.float32), count=count_of(counts))
+    return loss, {"kl": jax.lax.stop_gradient(kl_mean)}

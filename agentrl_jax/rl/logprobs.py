@@ -149,9 +149,18 @@ def token_logprobs_from_hidden(hidden: jax.Array, unembed: jax.Array, targets: j
         raise ValueError(f"token_logprobs_from_hidden: unembed must be [D, V] with D = hidden.shape[-1] = "
                          f"{jnp.shape(hidden)[-1]}, got {jnp.shape(unembed)}; pass the transpose of a [V, D] "
                          "embedding table.")
+    to_logits = lambda h: jnp.einsum("btd,dv->btv", h, unembed, preferred_element_type=jnp.float32)
+    return logprobs_from_hidden_fn(hidden, to_logits, targets, temperature, chunk_size, with_entropy)
+
+
+def logprobs_from_hidden_fn(hidden: jax.Array, to_logits: Callable[[jax.Array], jax.Array], targets: jax.Array,
+                            temperature=1.0, chunk_size: Optional[int] = None, with_entropy: bool = False):
+    """`token_logprobs_from_hidden` for any hidden -> logits map (e.g. a model's own `logits` method, which
+    knows whether the embedding is tied and which dtype to compute in): [B, T, V] logits exist only one
+    `chunk_size` slice of T at a time, in the forward and the backward pass."""
+    _check_shapes(hidden, targets, "logprobs_from_hidden_fn", what="hidden", last="D")
     _check_temperature(temperature)
     _check_chunk(chunk_size)
-    to_logits = lambda h: jnp.einsum("btd,dv->btv", h, unembed, preferred_element_type=jnp.float32)
     out = _over_time_chunks(_make_chunk_fn(temperature, True, with_entropy, to_logits), (hidden, targets),
                             chunk_size)
     return (out[0], out[1]) if with_entropy else out[0]

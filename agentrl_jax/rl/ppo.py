@@ -12,13 +12,13 @@ import gin
 import jax
 import jax.numpy as jnp
 
-from agentrl_jax.rl.aggregate import AGGREGATION_MODES, aggregate, masked_mean
+from agentrl_jax.rl.aggregate import AGGREGATION_MODES, Counts, aggregate, count_of, masked_mean, normalizer_of
 from agentrl_jax.rl.kl import KL_ESTIMATORS, kl_loss
 
 Metrics = Dict[str, jax.Array]
 
 ALGORITHMS = ("grpo", "ppo")
-GAE_LEVELS = ("token", "turn")
+VALUE_CLIP_SCALES = ("absolute", "return_std")
 # exp(20) ~ 5e8: ratios beyond it only occur with a broken old_logprobs and would overflow the loss.
 _LOG_RATIO_CLAMP = 20.0
 
@@ -35,12 +35,15 @@ class RLConfig:
     loss_aggregation: "token-mean" | "seq-mean-token-mean" | "seq-mean-token-sum".
     entropy_coef: weight of the entropy bonus (subtracted from the loss).
     kl_coef: weight of the KL to the reference policy; kl_estimator: "k1" | "k2" | "k3" | "low_var_kl".
-    kl_in_reward: True folds the KL into per-token rewards (classic RLHF PPO); False adds it as a loss term
-      (GRPO style).
+    kl_in_reward: True subtracts kl_coef x the turn's summed KL estimate (rollout policy vs reference) from
+      each turn's reward before the advantages (classic RLHF PPO; GRPO then compares the penalised returns);
+      False adds it as a loss term (GRPO style).
     value_clip: clip range of the value update (None = unclipped); value_coef: weight of the value loss.
-    gamma, lam: GAE discount and lambda; gae_level: "token" or "turn".
+    value_clip_scale: "absolute" (value_clip in return units) or "return_std" (value_clip times the batch's
+      return standard deviation, so the clip means the same for returns of 0..1 and 0..10).
+    gamma, lam: turn-level GAE discount and lambda (one value per turn: the study's window mode).
     grpo_normalize_std, grpo_eps: GRPO advantage normalization.
-    ppo_epochs, num_minibatches: passes over each rollout batch and minibatches per pass.
+    ppo_epochs: passes over each rollout batch (its minibatch size is `train.minibatch_size`).
     """
     algorithm: str = "grpo"
     clip_eps: float = 0.2
@@ -52,18 +55,17 @@ class RLConfig:
     kl_estimator: str = "low_var_kl"
     kl_in_reward: bool = False
     value_clip: Optional[float] = 0.2
+    value_clip_scale: str = "absolute"
     value_coef: float = 0.5
     gamma: float = 1.0
     lam: float = 1.0
-    gae_level: str = "token"
     grpo_normalize_std: bool = True
     grpo_eps: float = 1e-6
     ppo_epochs: int = 1
-    num_minibatches: int = 1
 
     def __post_init__(self):
         choices = (("algorithm", ALGORITHMS), ("loss_aggregation", AGGREGATION_MODES),
-                   ("kl_estimator", KL_ESTIMATORS), ("gae_level", GAE_LEVELS))
+                   ("kl_estimator", KL_ESTIMATORS), ("value_clip_scale", VALUE_CLIP_SCALES))
         for name, allowed in choices:
             if getattr(self, name) not in allowed:
                 raise ValueError(f"RLConfig.{name}={getattr(self, name)!r}; use one of {allowed}.")
@@ -72,9 +74,8 @@ class RLConfig:
             raise ValueError(f"RLConfig.value_clip must be > 0 or None, got {self.value_clip}.")
         if not (0.0 <= self.gamma <= 1.0 and 0.0 <= self.lam <= 1.0):
             raise ValueError(f"RLConfig.gamma and lam must be in [0, 1], got {self.gamma}, {self.lam}.")
-        for name in ("ppo_epochs", "num_minibatches"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"RLConfig.{name} must be >= 1, got {getattr(self, name)}.")
+        if int(self.ppo_epochs) < 1:
+            raise ValueError(f"RLConfig.ppo_epochs must be >= 1, got {self.ppo_epochs}.")
         for name in ("entropy_coef", "kl_coef", "value_coef", "grpo_eps"):
             if getattr(self, name) < 0:
                 raise ValueError(f"RLConfig.{name} must be >= 0, got {getattr(self, name)}.")
@@ -98,13 +99,14 @@ def _check_same(fn, **arrays):
 
 def policy_loss(logprobs: jax.Array, old_logprobs: jax.Array, advantages: jax.Array, mask: jax.Array,
                 clip_eps=0.2, clip_eps_high=None, dual_clip_c=None,
-                aggregation: str = "token-mean") -> Tuple[jax.Array, Metrics]:
+                aggregation: str = "token-mean", counts: Optional[Counts] = None) -> Tuple[jax.Array, Metrics]:
     """Clipped surrogate loss  max(-A r, -A clip(r, 1 - eps, 1 + eps_high)), r = pi / pi_old.
 
     With `dual_clip_c`, tokens with A < 0 have their loss capped at -A * c (a huge ratio on a bad token
     cannot dominate the update). Shapes: all [B, T]. Returns (loss, metrics) with metrics
     clip_frac (tokens where the clipped term is active), dual_clip_frac, approx_kl (k3 estimate of
-    KL(pi_old || pi), >= 0), ratio_mean.
+    KL(pi_old || pi), >= 0), ratio_mean. `counts`: whole-minibatch counts when this is one micro-batch
+    (see `Counts`); the loss and metrics are then this micro-batch's additive share.
     """
     _check_same("policy_loss", logprobs=logprobs, old_logprobs=old_logprobs, advantages=advantages, mask=mask)
     _check_clip(clip_eps, clip_eps_high, dual_clip_c)
@@ -127,22 +129,27 @@ def policy_loss(logprobs: jax.Array, old_logprobs: jax.Array, advantages: jax.Ar
         cap = -adv * dual_clip_c
         dual = (adv < 0) & (loss_mat > cap)
         loss_mat = jnp.where(adv < 0, jnp.minimum(loss_mat, cap), loss_mat)
-    loss = aggregate(loss_mat, mask, aggregation)
+    loss = aggregate(loss_mat, mask, aggregation, normalizer_of(counts, aggregation))
     sg = jax.lax.stop_gradient
+    n = count_of(counts)
     metrics = {
-        "clip_frac": masked_mean(sg(clipped).astype(jnp.float32), mask),
-        "dual_clip_frac": masked_mean(sg(dual).astype(jnp.float32), mask),
-        "approx_kl": masked_mean(sg(ratio - 1.0 - log_ratio), mask),
-        "ratio_mean": masked_mean(sg(ratio), mask),
+        "clip_frac": masked_mean(sg(clipped).astype(jnp.float32), mask, count=n),
+        "dual_clip_frac": masked_mean(sg(dual).astype(jnp.float32), mask, count=n),
+        "approx_kl": masked_mean(sg(ratio - 1.0 - log_ratio), mask, count=n),
+        "ratio_mean": masked_mean(sg(ratio), mask, count=n),
     }
     return loss, metrics
 
 
 def value_loss(values: jax.Array, old_values: jax.Array, returns: jax.Array, mask: jax.Array,
-               value_clip=0.2, aggregation: str = "token-mean") -> Tuple[jax.Array, Metrics]:
+               value_clip=0.2, aggregation: str = "token-mean", counts: Optional[Counts] = None
+               ) -> Tuple[jax.Array, Metrics]:
     """Clipped value loss 1/2 max((V - R)^2, (V_old + clip(V - V_old, -c, c) - R)^2); c=None: unclipped.
 
-    Shapes: all [B, T]. Returns (loss, {"vf_clip_frac", "vf_explained_var"}).
+    `value_clip` may be a scalar or a [B, T] array (e.g. a clip range scaled per batch). Shapes: all [B, T].
+    Returns (loss, {"vf_clip_frac", "vf_explained_var"}). With `counts` (one micro-batch of a minibatch) the
+    loss and vf_clip_frac are additive shares and vf_explained_var, which is not additive, is left out:
+    compute it over the whole batch (the trainer does, from the old values).
     """
     _check_same("value_loss", values=values, old_values=old_values, returns=returns, mask=mask)
     if isinstance(value_clip, (int, float)) and not value_clip > 0:
@@ -161,29 +168,33 @@ def value_loss(values: jax.Array, old_values: jax.Array, returns: jax.Array, mas
         err_clip = jnp.square(v_clip - ret)
         loss_mat = jnp.maximum(err, err_clip)
         clipped = err_clip > err
-    loss = 0.5 * aggregate(loss_mat, mask, aggregation)
+    loss = 0.5 * aggregate(loss_mat, mask, aggregation, normalizer_of(counts, aggregation))
     sg = jax.lax.stop_gradient
+    clip_frac = masked_mean(sg(clipped).astype(jnp.float32), mask, count=count_of(counts))
+    if counts is not None:
+        return loss, {"vf_clip_frac": clip_frac}
     ret_var = masked_mean(jnp.square(ret - masked_mean(ret, mask)), mask)
     resid = sg(ret - v)
     resid_var = masked_mean(jnp.square(resid - masked_mean(resid, mask)), mask)
     metrics = {
-        "vf_clip_frac": masked_mean(sg(clipped).astype(jnp.float32), mask),
+        "vf_clip_frac": clip_frac,
         "vf_explained_var": jnp.where(ret_var > 0, 1.0 - resid_var / jnp.where(ret_var > 0, ret_var, 1.0), 0.0),
     }
     return loss, metrics
 
 
-def entropy_bonus(entropy: jax.Array, mask: jax.Array, aggregation: str = "token-mean") -> jax.Array:
+def entropy_bonus(entropy: jax.Array, mask: jax.Array, aggregation: str = "token-mean",
+                  counts: Optional[Counts] = None) -> jax.Array:
     """Aggregated policy entropy [B, T] -> scalar; the combined loss subtracts entropy_coef times this."""
     _check_same("entropy_bonus", entropy=entropy, mask=mask)
     ent = jnp.where(mask > 0, entropy.astype(jnp.float32), 0.0)
-    return aggregate(ent, mask.astype(jnp.float32), aggregation)
+    return aggregate(ent, mask.astype(jnp.float32), aggregation, normalizer_of(counts, aggregation))
 
 
 def ppo_loss(config: RLConfig, logprobs: jax.Array, old_logprobs: jax.Array, advantages: jax.Array,
              mask: jax.Array, *, entropy: Optional[jax.Array] = None, ref_logprobs: Optional[jax.Array] = None,
              values: Optional[jax.Array] = None, old_values: Optional[jax.Array] = None,
-             returns: Optional[jax.Array] = None) -> Tuple[jax.Array, Metrics]:
+             returns: Optional[jax.Array] = None, counts: Optional[Counts] = None) -> Tuple[jax.Array, Metrics]:
     """Total loss = policy + value_coef * value - entropy_coef * entropy + kl_coef * KL.
 
     The value term is added when `values` is given (all of values/old_values/returns are then required);
@@ -191,27 +202,28 @@ def ppo_loss(config: RLConfig, logprobs: jax.Array, old_logprobs: jax.Array, adv
     term when `ref_logprobs` is given, kl_coef > 0 and `config.kl_in_reward` is False (with kl_in_reward
     the penalty belongs in the rewards: `kl_penalty_in_reward`). All arrays [B, T].
     Returns (loss, metrics) with the parts under keys pg_loss, vf_loss, entropy, kl_loss, loss, and the
-    sub-losses' metrics.
+    sub-losses' metrics. `counts`: whole-minibatch counts when this is one micro-batch of it (`Counts`).
+    kl_in_reward=True is refused here: the trainer folds the KL into the rewards before the advantages.
     """
     agg = config.loss_aggregation
     pg, metrics = policy_loss(logprobs, old_logprobs, advantages, mask, config.clip_eps, config.clip_eps_high,
-                              config.dual_clip_c, agg)
+                              config.dual_clip_c, agg, counts)
     metrics = dict(metrics, pg_loss=pg)
     total = pg
     if values is not None:
         if old_values is None or returns is None:
             raise ValueError("ppo_loss: values given without old_values and returns; pass all three for the "
                              "value loss (algorithm='ppo'), or none of them (algorithm='grpo').")
-        vf, vm = value_loss(values, old_values, returns, mask, config.value_clip, agg)
+        vf, vm = value_loss(values, old_values, returns, mask, config.value_clip, agg, counts)
         total = total + config.value_coef * vf
         metrics.update(vm, vf_loss=vf)
     if entropy is not None:
-        ent = entropy_bonus(entropy, mask, agg)
+        ent = entropy_bonus(entropy, mask, agg, counts)
         metrics["entropy"] = jax.lax.stop_gradient(ent)
         if config.entropy_coef > 0:
             total = total - config.entropy_coef * ent
     if ref_logprobs is not None and not config.kl_in_reward and config.kl_coef > 0:
-        kl, km = kl_loss(logprobs, ref_logprobs, mask, config.kl_estimator, agg)
+        kl, km = kl_loss(logprobs, ref_logprobs, mask, config.kl_estimator, agg, counts)
         total = total + config.kl_coef * kl
         metrics.update(km, kl_loss=kl)
     metrics["loss"] = jax.lax.stop_gradient(total)
