@@ -1,20 +1,38 @@
 """Sokoban throughput: this JAX env vs Jumanji's Sokoban vs a plain Python/NumPy loop, plus level generation.
 
-    python benchmarks/sokoban.py [--quick] [--json out.json] [--steps 100]
+    python benchmarks/sokoban.py [--quick] [--json out.json] [--steps 100] [--batches 1,64,4096] [--rounds 5]
 
-Rows (impl, batch, steps_per_s, levels_per_s):
-- ours-6x6 / ours-10x10x4: `jit(lax.scan(vmap(step)))` over random actions, env steps per second after
-  compile (block_until_ready), at batch 1, 64 and 4096.
-- jumanji-10x10x4: `jumanji.environments.Sokoban` with its download-free `ToyGenerator` (10×10, 4 boxes),
-  stepped the same way.
-- python-numpy: one env at a time, as gym-sokoban users step it.
-- ours-generate-6x6: `jit(vmap(generator))` levels per second for 4096 levels.
+Every rollout is `jit(lax.scan(vmap(step)))` over random actions and CONSUMES each step's observation, as a
+policy reads it: the observation goes into a checksum (a weighted sum of every element) that the rollout
+returns with the reward sum. A rollout that returned only rewards would let XLA drop the observation
+computation of one side and not the other (ours is a separate `cell_kinds`, Jumanji's is built into its
+state), which is not how either env is used.
+
+Rows (impl, batch, reward, steps/s, vs jumanji, compare):
+- jumanji-10x10x4: `jumanji.environments.Sokoban` with its download-free `ToyGenerator` (two 10x10 levels,
+  4 boxes) and its default `DenseReward`; the observation read is `timestep.observation.grid`.
+- ours-10x10x4: our env on the SAME levels (Jumanji's, converted), the same actions (Jumanji's action order
+  mapped to ours) and the equal reward (our "shaped" = Jumanji's dense: -0.1 a step, +-1 a box on/off a goal,
+  +10 when solved), so both play the same trajectories; the benchmark checks the two reward sums agree. The
+  observation read is `timestep.observation` (int8 cell kinds).
+- ours-10x10x4+ids: the same, but reading what our LLM path reads: the state rendered to token ids inside
+  the compiled rollout (`TokenRenderer`, the study's "coords" text, the tiny model's tokenizer by default).
+- ours-6x6x1 / ours-6x6x1+ids: the study's board (generated 6x6 levels, one box). Its ratio is against
+  Jumanji's 10x10 (Jumanji has no 6x6 board), so it is not like for like; the compare column says so.
+- python-numpy: one env at a time, as gym-sokoban users step it (builds the observation every step).
+- ours-generate-6x6x1: `jit(vmap(generator))` levels per second.
+
+Timing: per batch size every rollout is compiled first, then timed in `--rounds` interleaved rounds (each
+impl once per round, in turn, each timing long enough to swamp dispatch); steps/s is from each impl's best
+round, "vs jumanji" is the median over rounds of that round's jumanji time / ours, so a noisy shared CPU
+moves both sides of a ratio together.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import statistics
 import sys
 import time
 
@@ -26,48 +44,152 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import envs.sokoban as sk  # noqa: E402
 
-
-def _time(fn, *args, repeats=3):
-    jax.block_until_ready(fn(*args))  # compile
-    best = float("inf")
-    for _ in range(repeats):
-        t = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        best = min(best, time.perf_counter() - t)
-    return best
+LONG_EPISODES = 10**6  # no truncation inside a rollout: both sides step the whole scan
+# Jumanji's actions are [up, right, down, left]; ours are [up, down, left, right].
+JUMANJI_ACTION_OF_OURS = np.array([0, 2, 3, 1], np.int32)
+MIN_TIMING_S = 0.05  # each timed block runs this long at least (repeated calls), so dispatch is noise
 
 
-def bench_ours(dim, num_boxes, batch, steps):
-    env = sk.Sokoban(dim=dim, num_boxes=num_boxes, max_steps=10**6)
-    states, _ = jax.jit(jax.vmap(env.reset))(jax.random.split(jax.random.PRNGKey(0), batch))
-    actions = jax.random.randint(jax.random.PRNGKey(1), (steps, batch), 0, 4)
+# --------------------------------------------------------------------------------------- observation reads
+def checksum(x: jax.Array) -> jax.Array:
+    """int32 weighted sum of every element of a batched observation [B, ...] (wraps on overflow): a read
+    that depends on every cell, so the compiled rollout must compute the whole observation."""
+    per_env = x.shape[1:]
+    weights = (1 + jnp.arange(int(np.prod(per_env)), dtype=jnp.int32) % 251).reshape(per_env)
+    return jnp.sum(x.astype(jnp.int32) * weights, dtype=jnp.int32)
+
+
+def make_rollout(step, read):
+    """jit(scan(vmap(step))) returning (final states, reward sum, observation checksum).
+
+    `read(state, timestep) -> int array [B, ...]` is what a policy reads each step; `timestep.reward` counts
+    only until each env's episode ends (`timestep_done`), as a user stops there (Jumanji would otherwise
+    keep paying its step penalty after the end)."""
 
     @jax.jit
     def rollout(states, actions):
-        final, tss = jax.lax.scan(lambda s, a: jax.vmap(env.step)(s, a), states, actions)
-        return final, tss.reward.sum()
+        def body(carry, a):
+            s, ended, total, check = carry
+            s, ts = jax.vmap(step)(s, a)
+            total = total + jnp.sum(jnp.where(ended, 0.0, ts.reward))
+            ended = ended | timestep_done(ts)
+            return (s, ended, total, check + checksum(read(s, ts))), None
 
-    dt = _time(rollout, states, actions)
-    return batch * steps / dt
+        batch = actions.shape[1]
+        init = (states, jnp.zeros((batch,), bool), jnp.float32(0.0), jnp.int32(0))
+        (final, _, total, check), _ = jax.lax.scan(body, init, actions)
+        return final, total, check
+
+    return rollout
 
 
-def bench_jumanji(batch, steps):
+def timestep_done(ts) -> jax.Array:
+    """Episode over after this step: ours has `done`, Jumanji's TimeStep has `last()`."""
+    return ts.done if hasattr(ts, "done") else ts.last()
+
+
+# ------------------------------------------------------------------------------------------------- levels
+def jumanji_env():
     from jumanji.environments import Sokoban as JSokoban
     from jumanji.environments.routing.sokoban.generator import ToyGenerator
 
-    env = JSokoban(generator=ToyGenerator(), time_limit=10**6)
-    states, _ = jax.jit(jax.vmap(env.reset))(jax.random.split(jax.random.PRNGKey(0), batch))
+    return JSokoban(generator=ToyGenerator(), time_limit=LONG_EPISODES)  # default reward_fn: DenseReward
+
+
+def levels_from_jumanji(jstates) -> sk.Level:
+    """Our (batched) Level of Jumanji states. Two toy-level border cells are open floor that no player can
+    reach (walled off inside); they become walls, as our levels need a wall all round. Same dynamics."""
+    from jumanji.environments.routing.sokoban import constants as jc
+
+    fixed, variable = np.asarray(jstates.fixed_grid), np.asarray(jstates.variable_grid)
+    d = fixed.shape[-1]
+    border = np.ones((d, d), bool)
+    border[1:-1, 1:-1] = False
+    walls = (fixed == jc.WALL) | border
+    levels = sk.Level(walls, fixed == jc.TARGET, variable == jc.BOX, np.asarray(jstates.agent_location, np.int32))
+    for i in range(walls.shape[0]):  # host validation (the batched reset below skips it)
+        sk.check_level(sk.Level(*(x[i] for x in levels)), dim=d, num_boxes=jc.N_BOXES)
+    return levels
+
+
+def tokenizer_encode(name: str):
+    """The `encode` the TokenRenderer pre-tokenizes its pieces with: "tiny" = the tiny model's byte-level BPE
+    (what the CPU runs read), "bytes" = one id per UTF-8 byte (no transformers import; longer ids)."""
+    if name == "bytes":
+        return lambda s: list(s.encode("utf-8"))
+    from agentrl_jax.models.tiny import train_tiny_tokenizer
+
+    tok = train_tiny_tokenizer()
+    return lambda s: tok.encode(s, add_special_tokens=False)
+
+
+# ----------------------------------------------------------------------------------------------- rollouts
+def generated_states(dim: int, num_boxes: int, batch: int):
+    """`batch` reset states of our env on generated levels (one compile; slice them for smaller batches)."""
+    env = sk.Sokoban(dim=dim, num_boxes=num_boxes, max_steps=LONG_EPISODES, reward="shaped")
+    return jax.jit(jax.vmap(env.reset))(jax.random.split(jax.random.PRNGKey(0), batch))[0]
+
+
+def build_rollouts(batch: int, steps: int, encode, states6) -> dict:
+    """name -> (rollout fn, states, actions, info) for one batch size, all on the same random actions.
+    `states6`: at least `batch` generated 6x6 reset states (`generated_states`)."""
+    keys = jax.random.split(jax.random.PRNGKey(0), batch)
     actions = jax.random.randint(jax.random.PRNGKey(1), (steps, batch), 0, 4)
+    out = {}
 
-    @jax.jit
-    def rollout(states, actions):
-        final, tss = jax.lax.scan(lambda s, a: jax.vmap(env.step)(s, a), states, actions)
-        return final, tss.reward.sum()
+    jenv = jumanji_env()
+    jstates, _ = jax.jit(jax.vmap(jenv.reset))(keys)
+    j_actions = jnp.asarray(JUMANJI_ACTION_OF_OURS)[actions]
+    out["jumanji-10x10x4"] = (make_rollout(jenv.step, lambda s, ts: ts.observation.grid), jstates, j_actions,
+                              dict(reward="dense (Jumanji default)", levels="Jumanji ToyGenerator"))
 
-    dt = _time(rollout, states, actions)
-    return batch * steps / dt
+    env10 = sk.Sokoban(dim=10, num_boxes=4, max_steps=LONG_EPISODES, reward="shaped")
+    s10, _ = jax.jit(jax.vmap(env10.reset_to_level))(levels_from_jumanji(jstates), keys)
+    ren10 = sk.TokenRenderer(encode, dim=10, style="coords")
+    same = dict(reward="shaped (= Jumanji dense)", levels="Jumanji's, same actions", compare="same")
+    out["ours-10x10x4"] = (make_rollout(env10.step, lambda s, ts: ts.observation), s10, actions, same)
+    out["ours-10x10x4+ids"] = (make_rollout(env10.step, lambda s, ts: ren10(s)[0]), s10, actions,
+                               dict(same, read=f"token ids (coords, max {ren10.max_len})"))
+
+    env6 = sk.Sokoban(dim=6, num_boxes=1, max_steps=LONG_EPISODES, reward="shaped")
+    s6 = jax.tree.map(lambda x: x[:batch], states6)
+    ren6 = sk.TokenRenderer(encode, dim=6, style="coords")
+    small = dict(reward="shaped", levels="ours, generated", compare="6x6 vs Jumanji's 10x10: not like for like")
+    out["ours-6x6x1"] = (make_rollout(env6.step, lambda s, ts: ts.observation), s6, actions, small)
+    out["ours-6x6x1+ids"] = (make_rollout(env6.step, lambda s, ts: ren6(s)[0]), s6, actions,
+                             dict(small, read=f"token ids (coords, max {ren6.max_len})"))
+    return out
 
 
+def time_interleaved(rollouts: dict, rounds: int) -> tuple[dict, dict]:
+    """Compile every rollout, then `rounds` rounds timing each in turn. Returns (per-call seconds of each
+    round by name, the outputs of each rollout's first call)."""
+    outputs, reps = {}, {}
+    for name, (fn, states, actions, _) in rollouts.items():
+        outputs[name] = jax.block_until_ready(fn(states, actions))  # compile
+        t = time.perf_counter()
+        jax.block_until_ready(fn(states, actions))
+        reps[name] = max(1, int(np.ceil(MIN_TIMING_S / max(time.perf_counter() - t, 1e-9))))
+    times = {name: [] for name in rollouts}
+    for _ in range(rounds):
+        for name, (fn, states, actions, _) in rollouts.items():
+            t = time.perf_counter()
+            for _ in range(reps[name]):
+                out = fn(states, actions)
+            jax.block_until_ready(out)
+            times[name].append((time.perf_counter() - t) / reps[name])
+    return times, outputs
+
+
+def check_same_rewards(outputs: dict) -> None:
+    """Ours and Jumanji played the same trajectories with equal rewards, so their reward sums must agree."""
+    ours, theirs = float(outputs["ours-10x10x4"][1]), float(outputs["jumanji-10x10x4"][1])
+    if not np.isclose(ours, theirs, rtol=1e-4, atol=1e-2):
+        raise AssertionError(f"reward sums differ on the same trajectories: ours {ours}, jumanji {theirs}; "
+                             "the 'same' comparison is not like for like")
+
+
+# ------------------------------------------------------------------------------------------ python + gen
 class NumpySokoban:
     """A gym-sokoban-style env: NumPy room arrays, one Python `step` per action."""
 
@@ -99,10 +221,9 @@ class NumpySokoban:
         return obs, reward + 10.0 * done, done, {}
 
 
-def bench_python(dim, num_boxes, steps):
-    env = sk.Sokoban(dim=dim, num_boxes=num_boxes)
-    states, _ = jax.jit(jax.vmap(env.reset))(jax.random.split(jax.random.PRNGKey(0), 8))
-    levels = [sk.Level(*(np.asarray(x[i]) for x in states[:4])) for i in range(8)]
+def bench_python(levels: sk.Level, steps: int):
+    """Steps/s of NumpySokoban over random actions, restarting on the next of 8 `levels` (batched) when solved."""
+    levels = [sk.Level(*(np.asarray(x[i % x.shape[0]]) for x in levels[:4])) for i in range(8)]
     rng = np.random.default_rng(0)
     actions = rng.integers(0, 4, size=steps)
     t = time.perf_counter()
@@ -116,51 +237,91 @@ def bench_python(dim, num_boxes, steps):
     return done_steps / (time.perf_counter() - t)
 
 
-def bench_generate(dim, num_boxes, batch, min_pushes):
+def bench_generate(dim, num_boxes, batch, min_pushes, repeats=3):
     gen = sk.SokobanGenerator(dim=dim, num_boxes=num_boxes, min_pushes=min_pushes)
     fn = jax.jit(jax.vmap(gen.generate))
     keys = jax.random.split(jax.random.PRNGKey(0), batch)
-    dt = _time(fn, keys)
-    _, ok = fn(keys)
+    _, ok = jax.block_until_ready(fn(keys))  # compile
     assert bool(np.asarray(ok).all()), "generator failed to meet min_pushes within max_attempts"
-    return batch / dt
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        jax.block_until_ready(fn(keys))
+        best = min(best, time.perf_counter() - t)
+    return batch / best
+
+
+# ----------------------------------------------------------------------------------------------------- main
+def parse(argv):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="batches 1,64,512, 20 steps, 3 rounds")
+    p.add_argument("--steps", type=int, default=None, help="scan length per rollout (default 100, quick 20)")
+    p.add_argument("--batches", default=None, help="comma-separated batch sizes (default 1,64,4096)")
+    p.add_argument("--rounds", type=int, default=None, help="interleaved timing rounds (default 5, quick 3)")
+    p.add_argument("--py_steps", type=int, default=None, help="python-numpy steps (default 20000, quick 2000)")
+    p.add_argument("--gen_batch", type=int, default=None, help="levels per generator call (default 4096)")
+    p.add_argument("--gen_pushes", default="1,2",
+                   help="min_pushes of the ours-generate rows, comma-separated; 'none' skips them")
+    p.add_argument("--tokenizer", choices=("tiny", "bytes"), default="tiny",
+                   help="encode for the +ids rows: the tiny model's BPE, or raw UTF-8 bytes")
+    p.add_argument("--json", default=None, help="write the rows as a JSON list here")
+    args = p.parse_args(argv)
+    defaults = dict(steps=(20, 100), rounds=(3, 5), py_steps=(2000, 20000), gen_batch=(512, 4096))
+    for name, (quick, full) in defaults.items():
+        if getattr(args, name) is None:
+            setattr(args, name, quick if args.quick else full)
+    default_batches = "1,64,512" if args.quick else "1,64,4096"
+    try:
+        args.batch_list = [int(b) for b in (args.batches or default_batches).split(",")]
+    except ValueError:
+        p.error(f"--batches must be comma-separated integers like 1,64,4096, got {args.batches!r}")
+    try:
+        args.gen_pushes = [] if args.gen_pushes == "none" else [int(x) for x in args.gen_pushes.split(",")]
+    except ValueError:
+        p.error(f"--gen_pushes must be comma-separated integers like 1,2 or 'none', got {args.gen_pushes!r}")
+    for name in ("steps", "rounds", "py_steps", "gen_batch"):
+        if getattr(args, name) < 1:
+            p.error(f"--{name} must be >= 1, got {getattr(args, name)}")
+    if min(args.batch_list) < 1:
+        p.error(f"--batches must be positive, got {args.batches!r}")
+    return args
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="small batches and few steps")
-    parser.add_argument("--steps", type=int, default=None, help="scan length per rollout (default 100, quick 20)")
-    parser.add_argument("--json", default=None, help="write the rows as a JSON list here")
-    args = parser.parse_args(argv)
-    steps = args.steps or (20 if args.quick else 100)
-    batches = (1, 64, 512) if args.quick else (1, 64, 4096)
-    gen_batch = 512 if args.quick else 4096
+    args = parse(argv)
     rows = []
 
-    def add(impl, batch, steps_per_s=None, levels_per_s=None, note=""):
-        rows.append(dict(impl=impl, batch=batch, steps_per_s=steps_per_s, levels_per_s=levels_per_s, note=note))
-        sps = f"{steps_per_s:,.0f}" if steps_per_s else "-"
-        lps = f"{levels_per_s:,.0f}" if levels_per_s else "-"
-        print(f"{impl:<24} {batch:>6} {sps:>16} {lps:>14}  {note}", flush=True)
+    def add(impl, batch, steps_per_s=None, levels_per_s=None, vs_jumanji=None, **info):
+        rows.append(dict(impl=impl, batch=batch, steps_per_s=steps_per_s, levels_per_s=levels_per_s,
+                         vs_jumanji=vs_jumanji, **info))
+        rate = f"{steps_per_s:,.0f}" if steps_per_s else (f"{levels_per_s:,.0f} lv/s" if levels_per_s else "-")
+        ratio = f"{vs_jumanji:.2f}x" if vs_jumanji else "-"
+        note = "; ".join(f"{v}" for k, v in info.items() if k in ("reward", "read", "compare", "note"))
+        print(f"{impl:<22} {batch:>6} {rate:>16} {ratio:>9}  {note}", flush=True)
 
-    print(f"devices: {jax.devices()}  steps per rollout: {steps}")
-    print(f"{'impl':<24} {'batch':>6} {'steps/s':>16} {'levels/s':>14}")
-    for b in batches:
-        add("ours-6x6x1", b, bench_ours(6, 1, b, steps))
-    for b in batches:
-        add("ours-10x10x4", b, bench_ours(10, 4, b, steps))
-    try:
-        import jumanji  # noqa: F401
-
-        for b in batches:
-            add("jumanji-10x10x4", b, bench_jumanji(b, steps))
-    except Exception as e:  # noqa: BLE001 (report any import/runtime problem as a row)
-        add("jumanji-10x10x4", 0, None, None, note=f"unavailable: {type(e).__name__}: {e}")
-    py_steps = 2000 if args.quick else 20000
-    add("python-numpy-6x6x1", 1, bench_python(6, 1, py_steps))
-    add("python-numpy-10x10x4", 1, bench_python(10, 4, py_steps))
-    add("ours-generate-6x6x1", gen_batch, None, bench_generate(6, 1, gen_batch, min_pushes=1), note="min_pushes=1")
-    add("ours-generate-6x6x1", gen_batch, None, bench_generate(6, 1, gen_batch, min_pushes=2), note="min_pushes=2")
+    print(f"devices: {jax.devices()}  steps per rollout: {args.steps}  rounds: {args.rounds}  "
+          f"load: {os.getloadavg()}")
+    print(f"{'impl':<22} {'batch':>6} {'steps/s':>16} {'vs jumanji':>9}  reward; observation read; compare")
+    encode = tokenizer_encode(args.tokenizer)
+    states6 = generated_states(6, 1, max(max(args.batch_list), 8))
+    for b in args.batch_list:
+        rollouts = build_rollouts(b, args.steps, encode, states6)
+        times, outputs = time_interleaved(rollouts, args.rounds)
+        check_same_rewards(outputs)
+        jt = times["jumanji-10x10x4"]
+        for name, (_, _, _, info) in rollouts.items():
+            ratio = None if name.startswith("jumanji") else statistics.median(j / o for j, o in zip(jt, times[name]))
+            add(name, b, b * args.steps / min(times[name]), vs_jumanji=ratio, read=info.get("read", "observation"),
+                **{k: v for k, v in info.items() if k != "read"}, round_s=times[name],
+                reward_sum=float(outputs[name][1]))
+    add("python-numpy-6x6x1", 1, bench_python(states6, args.py_steps), reward="shaped")
+    toy_levels = levels_from_jumanji(jax.vmap(jumanji_env().reset)(jax.random.split(jax.random.PRNGKey(0), 8))[0])
+    add("python-numpy-10x10x4", 1, bench_python(toy_levels, args.py_steps), reward="shaped",
+        note="Jumanji's levels")
+    for pushes in args.gen_pushes:
+        add("ours-generate-6x6x1", args.gen_batch, None, bench_generate(6, 1, args.gen_batch, min_pushes=pushes),
+            note=f"min_pushes={pushes}")
+    print(f"load after: {os.getloadavg()}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=2)
