@@ -16,6 +16,14 @@ Failure handling (the batch always comes back, one `TextStep` per id):
   `TextStep(done=True, truncated=True, info={"truncated_reason": "needs_reset: <original reason>"})`, and the
   same happens for an env that was never reset. Call `reset` on it to go on. (A `step` after the env's own
   `done=True` is forwarded to the env: that behaviour is the env's.)
+- Start-up failures (the factory raises, the worker dies or misses `start_timeout_s` while building its envs)
+  are counted per worker; the envs come back `worker_crashed`/`timeout` with the factory's error in
+  `info["traceback"]`, and the worker is started again. A worker that never built its envs raises at once
+  (the factory does not work here); after it has, `max_init_failures` consecutive failed restarts raise a
+  RuntimeError with the factory's traceback. The other workers' replies are read first, and the call's envs
+  then need a reset, so a caught error leaves no stale reply behind; the next call that needs the worker
+  tries to start it again. A call interrupted by an exception (e.g. a signal handler) kills the workers
+  whose replies are still on their way, for the same reason.
 - `stats()` counts restarts, timeouts, crashes and env errors for the trainer's logs.
 - `timings()` splits the calls' wall time into time inside env code (measured by the workers) and the pool's
   own cost (pipes, pickling, scheduling), within the same calls.
@@ -223,9 +231,11 @@ class _Worker:
         self.index = index
         self.proc: mp.process.BaseProcess | None = None
         self.conn: mp_connection.Connection | None = None
-        self.ready = False
+        self.ready = False  # built its envs since its last start
+        self.ever_ready = False  # built them at least once: the factory works here, a failed restart is retried
         self.started_at = 0.0
-        self.init_failures = 0
+        self.starts = 0
+        self.init_failures = 0  # consecutive failed starts (raised, died or timed out while building its envs)
 
 
 def _close_pool(workers: list[_Worker]) -> None:
@@ -285,7 +295,8 @@ class EnvPool:
         (set a key to override, e.g. `{"JAVA_TOOL_OPTIONS": "-Xmx1g"}`).
       cpu_affinity: None (no pinning), "auto" (worker w → core w mod #cores allowed to the parent) or a
         list of core ids used round-robin.
-      max_init_failures: consecutive failed (re)starts of one worker before the pool gives up and raises.
+      max_init_failures: consecutive failed restarts of one worker before the pool raises (with the factory's
+        traceback); a worker whose very first start fails raises at once.
       wait_ready: block in the constructor until every worker has built its envs.
     """
 
@@ -296,7 +307,8 @@ class EnvPool:
                  wait_ready: bool = True):
         if not callable(env_factory):
             raise ValueError(f"env_factory must be a callable returning a TextEnv, got {env_factory!r}")
-        for name, v in (("num_workers", num_workers), ("envs_per_worker", envs_per_worker)):
+        for name, v in (("num_workers", num_workers), ("envs_per_worker", envs_per_worker),
+                        ("max_init_failures", max_init_failures)):
             if not isinstance(v, int) or v < 1:
                 raise ValueError(f"{name} must be a positive int, got {v!r}")
         for name, v in (("step_timeout_s", step_timeout_s), ("reset_timeout_s", reset_timeout_s),
@@ -327,6 +339,7 @@ class EnvPool:
             self._gin_config = None
         self._lock = threading.RLock()
         self._closed = False
+        self._warned_gin = False
         self._stats = {"restarts": 0, "timeouts": 0, "crashes": 0, "env_errors": 0, "resets": 0, "steps": 0}
         self._timing = _zero_timing()
         # per env: None = an episode is running (as far as the pool knows), else why the env needs a reset
@@ -377,33 +390,76 @@ class EnvPool:
                         os.environ[k] = v
         child_conn.close()  # else the parent keeps the pipe open and never sees EOF when the worker dies
         w.proc, w.conn, w.ready, w.started_at = proc, parent_conn, False, time.monotonic()
+        if w.starts:
+            self._stats["restarts"] += 1
+        w.starts += 1
 
-    def _restart(self, w: _Worker, reason: str) -> None:
+    def _stop(self, w: _Worker, reason: str) -> None:
+        """Kill a worker; its envs lose their episodes. The next call that needs it starts it again."""
         _kill_worker(w)
-        self._stats["restarts"] += 1
         for i in self._ids_of(w.index):
             self._lost[i] = reason
+
+    def _restart(self, w: _Worker, reason: str) -> None:
+        self._stop(w, reason)
         self._start(w)
 
     def _ids_of(self, worker: int) -> range:
         return range(worker * self.envs_per_worker, (worker + 1) * self.envs_per_worker)
 
-    def _handle_ready_msg(self, w: _Worker, msg) -> None:
-        if msg[0] == "ready":
-            w.ready, w.init_failures = True, 0
+    @staticmethod
+    def _recv(w: _Worker):
+        """The worker's next message, or None if it died (EOF)."""
+        try:
+            return w.conn.recv()
+        except (EOFError, OSError):
+            return None
+
+    @staticmethod
+    def _send(w: _Worker, request) -> bool:
+        try:
+            w.conn.send(request)
+            return True
+        except (OSError, ValueError, AttributeError):
+            return False
+
+    def _on_start_message(self, w: _Worker, msg) -> str | None:
+        """Handle the first message of a starting worker: "ready", "init_error" (with the factory's traceback)
+        or None (it died first). Returns None once it is ready, else why the start failed (it is then killed
+        and the failure counted)."""
+        if msg is not None and msg[0] == "ready":
+            w.ready, w.ever_ready, w.init_failures = True, True, 0
             if len(msg) > 2 and msg[2] and not self._warned_gin:
                 self._warned_gin = True
                 warnings.warn(msg[2], RuntimeWarning)
-            return
-        w.init_failures += 1
-        tb = msg[1] if len(msg) > 1 else ""
-        _kill_worker(w)
-        if w.init_failures >= self.max_init_failures or self._in_init:
-            raise RuntimeError(f"EnvPool worker {w.index} could not build its envs "
-                               f"(env_factory raised; {w.init_failures} attempt(s)):\n{tb}")
+            return None
+        if msg is not None and msg[0] == "init_error":
+            error = msg[1]
+        else:
+            if w.proc is not None:
+                w.proc.join(1.0)
+            code = w.proc.exitcode if w.proc is not None else None
+            error = f"worker {w.index} died while building its envs (exit code {code})"
+        return self._start_failed(w, error)
 
-    _in_init = True
-    _warned_gin = False
+    def _start_failed(self, w: _Worker, error: str) -> str:
+        w.init_failures += 1
+        _kill_worker(w)
+        return error
+
+    def _start_error(self, w: _Worker, error: str) -> RuntimeError | None:
+        """The error to raise for a failed start, or None while the worker may be restarted: a worker that never
+        built its envs fails at once (the factory does not work here); after that, `max_init_failures`
+        consecutive failed restarts."""
+        if not w.ever_ready:
+            why = "on its first start"
+        elif w.init_failures >= self.max_init_failures:
+            why = (f"{w.init_failures} consecutive failed restarts, max_init_failures = "
+                   f"{self.max_init_failures}")
+        else:
+            return None
+        return RuntimeError(f"EnvPool worker {w.index} could not build its envs ({why}); fix the env_factory "
+                            f"(a call that needs this worker starts it again). The factory's error:\n{error}")
 
     def ready(self, timeout_s: float | None = None) -> None:
         """Block until every worker has built its envs; raise TimeoutError/RuntimeError otherwise."""
@@ -418,19 +474,18 @@ class EnvPool:
                 if left <= 0:
                     raise TimeoutError(f"EnvPool: workers {[w.index for w in pending]} not ready after "
                                        f"{timeout_s:.0f}s; raise start_timeout_s if env construction is slow")
+                for w in pending:
+                    if w.proc is None:  # stopped after failing to start: try again
+                        self._start(w)
                 for conn in mp_connection.wait([w.conn for w in pending], timeout=left):
                     w = next(w for w in pending if w.conn is conn)
-                    try:
-                        msg = conn.recv()
-                    except (EOFError, OSError):
-                        msg = ("init_error", f"worker {w.index} died while building its envs "
-                                             f"(exit code {w.proc.exitcode if w.proc else None})")
-                        if w.proc is not None:
-                            w.proc.join(1.0)
-                    self._handle_ready_msg(w, msg)
-                    if not w.ready:
-                        self._start(w)
-            self._in_init = False
+                    error = self._on_start_message(w, self._recv(w))
+                    if error is None:
+                        continue
+                    fatal = self._start_error(w, error)
+                    if fatal is not None:
+                        raise fatal
+                    self._start(w)
 
     def close(self) -> None:
         """Stop all workers (and their children); idempotent."""
@@ -547,60 +602,93 @@ class EnvPool:
         return r[1]  # ("pool", TextStep)
 
     def _dispatch(self, op: str, ids: list[int], args: list[Any], timeout_s: float) -> list[Any]:
-        """Send one request per worker, gather with deadlines, recover failed workers. Results in id order."""
+        """Send one request per worker, gather with deadlines, recover failed workers. Results in id order.
+
+        Every worker that got a request is read (or killed) before this returns or raises, so no reply is
+        left in a pipe to be taken for the next call's. A worker still starting gets its request once it is
+        ready; a start-up failure is counted, and past the limit (see `_start_error`) it is raised after the
+        other workers' replies are in; the envs of the call then need a reset (the caller never saw them).
+        """
         by_worker: dict[int, list[int]] = {}
         for k, i in enumerate(ids):
             by_worker.setdefault(i // self.envs_per_worker, []).append(k)
+        requests = {wi: (op, self._payload(op, ids, args, wi, ks)) for wi, ks in by_worker.items()}
         results: list[Any] = [None] * len(ids)
         call_started = time.perf_counter()
         env_times: list[float] = []
-        now = time.monotonic()
         deadlines: dict[int, float] = {}
         failed: dict[int, str] = {}
-        for wi, ks in by_worker.items():
+        start_errors: dict[int, str] = {}
+        given_up: dict[int, RuntimeError] = {}
+        sent: set[int] = set()
+
+        def send(wi: int) -> None:
             w = self._workers[wi]
-            locals_ = [ids[k] - wi * self.envs_per_worker for k in ks]
-            if op == "call":
-                payload = (locals_, args[ks[0]][0], args[ks[0]][1])
+            deadlines[wi] = time.monotonic() + timeout_s
+            if self._send(w, requests[wi]):
+                sent.add(wi)
             else:
-                payload = [(loc, args[k]) for loc, k in zip(locals_, ks)]
-            # a worker still building its envs (after a restart) gets its start-up time on top
-            extra = 0.0 if w.ready else max(0.0, self.start_timeout_s - (now - w.started_at))
-            deadlines[wi] = now + timeout_s + extra
-            try:
-                w.conn.send((op, payload))
-            except (OSError, ValueError, AttributeError):
                 failed[wi] = "worker_crashed"
+
+        def start_failed(wi: int, reason: str, error: str) -> None:
+            failed[wi], start_errors[wi] = reason, error
+            fatal = self._start_error(self._workers[wi], error)
+            if fatal is not None:
+                given_up[wi] = fatal
+
+        for wi in by_worker:
+            w = self._workers[wi]
+            if w.proc is None:  # stopped after failing to start, or by an interrupted call: start it again
+                self._start(w)
+            if w.ready:
+                send(wi)
+            else:  # its request goes out once it has built its envs
+                deadlines[wi] = w.started_at + self.start_timeout_s
         pending = {wi for wi in by_worker if wi not in failed}
-        while pending:
-            left = min(deadlines[wi] for wi in pending) - time.monotonic()
-            ready_conns = mp_connection.wait([self._workers[wi].conn for wi in pending], timeout=max(0.0, left))
-            for conn in ready_conns:
-                wi = next(wi for wi in pending if self._workers[wi].conn is conn)
-                w = self._workers[wi]
-                try:
-                    msg = conn.recv()
-                except (EOFError, OSError):
-                    failed[wi] = "worker_crashed"
+        try:
+            while pending:
+                left = min(deadlines[wi] for wi in pending) - time.monotonic()
+                ready_conns = mp_connection.wait([self._workers[wi].conn for wi in pending],
+                                                 timeout=max(0.0, left))
+                for conn in ready_conns:
+                    wi = next(wi for wi in pending if self._workers[wi].conn is conn)
+                    w = self._workers[wi]
+                    msg = self._recv(w)
+                    if not w.ready:
+                        error = self._on_start_message(w, msg)
+                        if error is None:
+                            send(wi)
+                            if wi in failed:
+                                pending.discard(wi)
+                        else:
+                            start_failed(wi, "worker_crashed", error)
+                            pending.discard(wi)
+                        continue
                     pending.discard(wi)
-                    continue
-                if msg[0] in ("ready", "init_error"):
-                    self._handle_ready_msg(w, msg)
-                    if msg[0] == "ready":
-                        deadlines[wi] = time.monotonic() + timeout_s
-                    else:
+                    if msg is None:
                         failed[wi] = "worker_crashed"
+                        continue
+                    for k, r in zip(by_worker[wi], msg[1]):
+                        results[k] = r
+                    env_times.append(float(msg[2]))
+                now = time.monotonic()
+                for wi in list(pending):
+                    if now >= deadlines[wi]:
                         pending.discard(wi)
-                    continue
-                for k, r in zip(by_worker[wi], msg[1]):
-                    results[k] = r
-                env_times.append(float(msg[2]))
-                pending.discard(wi)
-            now = time.monotonic()
-            for wi in list(pending):
-                if now >= deadlines[wi]:
-                    failed[wi] = "timeout"
-                    pending.discard(wi)
+                        w = self._workers[wi]
+                        if w.ready:
+                            failed[wi] = "timeout"
+                        else:
+                            start_failed(wi, "timeout", self._start_failed(
+                                w, f"worker {wi} did not build its envs within start_timeout_s = "
+                                   f"{self.start_timeout_s:g} s"))
+        except BaseException:
+            # Interrupted mid-call (e.g. a signal handler raised): replies may still be on their way, and would
+            # be read as the next call's. Stop those workers; the next call that needs them starts them again.
+            for wi in pending & sent:
+                self._stop(self._workers[wi], "interrupted_call")
+            self._mark_unseen(ids, "interrupted_call")
+            raise
         if not failed and env_times:  # calls with a restart would only blur the split
             self._timing["calls"] += 1
             self._timing["wall_s"] += time.perf_counter() - call_started
@@ -611,13 +699,32 @@ class EnvPool:
                 self._stats["timeouts"] += 1
             else:
                 self._stats["crashes"] += 1
+            extra = {"traceback": start_errors[wi]} if wi in start_errors else {}
             for k in by_worker[wi]:
-                results[k] = ("pool", _failed_step(reason))
-            self._restart(self._workers[wi], reason)
+                results[k] = ("pool", _failed_step(reason, **extra))
+            if wi in given_up:
+                self._stop(self._workers[wi], reason)
+            else:
+                self._restart(self._workers[wi], reason)
         for k, r in enumerate(results):
             if r[0] == "err":
                 self._stats["env_errors"] += 1
+        if given_up:
+            self._mark_unseen(ids, "pool_error")
+            raise given_up[min(given_up)]
         return results
+
+    def _mark_unseen(self, ids: list[int], reason: str) -> None:
+        """A call that raises returns nothing: its envs' episodes are unknown to the caller, so they need a reset."""
+        for i in ids:
+            if self._lost[i] is None:
+                self._lost[i] = reason
+
+    def _payload(self, op: str, ids: list[int], args: list[Any], wi: int, ks: list[int]):
+        locals_ = [ids[k] - wi * self.envs_per_worker for k in ks]
+        if op == "call":
+            return (locals_, args[ks[0]][0], args[ks[0]][1])
+        return [(loc, args[k]) for loc, k in zip(locals_, ks)]
 
 
 # --------------------------------------------------------------------------------------------- debug env
@@ -629,11 +736,19 @@ class _DebugEnv(TextEnv):
     State: an integer; `reset(seed)` sets it to seed, `step("add N")` adds N. Control actions:
     "sleep S" (hang S seconds), "raise" (exception in env code), "crash" (SIGKILL itself),
     "segfault", "spawn_child" (start a long `sleep` child, to stand in for a JVM; its pid is returned).
+    While the file `init_fault_file` exists, building the env fails: "exit" in it makes the process exit,
+    anything else makes the constructor raise (start-up failures of a worker).
     """
 
     max_steps = 20
 
-    def __init__(self, max_steps: int = 20):
+    def __init__(self, max_steps: int = 20, init_fault_file: str | None = None):
+        if init_fault_file is not None and os.path.exists(init_fault_file):
+            with open(init_fault_file) as f:
+                how = f.read().strip()
+            if how == "exit":
+                os._exit(3)
+            raise RuntimeError(f"debug env asked to fail at start-up ({init_fault_file}: {how!r})")
         self.max_steps = max_steps
         self.value = 0
         self.t = 0

@@ -36,6 +36,8 @@ JAVA_TOOL_OPTIONS), plus `jvm_options` (serial GC by default: one small JVM per 
 """
 from __future__ import annotations
 
+import collections
+import re
 import subprocess
 import weakref
 from typing import Any, Sequence
@@ -69,6 +71,38 @@ _TASK_DESC_HEADER = "Task Description:"
 # property). The task, its variation, scores and dynamics do not change. A constant identity hash makes
 # the order insertion order, hence reproducible, at about 2x the step time (measured on boil).
 REPRODUCIBLE_TEXT_JVM_OPTIONS = ("-XX:+UnlockExperimentalVMOptions", "-XX:hashCode=2")
+# An action that matches several objects gets this reply with numbered options, listed in that same hash
+# order; the next input is then read as the number of an option. So a number names different objects in
+# different loads of the same episode, and a replay must answer with the option's text, not its number.
+_AMBIGUOUS_HEADER = "Ambiguous request:"
+_OPTION_LINE = re.compile(r"(\d+):\t(.*)")
+_NUMBER = re.compile(r"[+-]?\d+")
+
+
+def _ambiguous_options(observation: str) -> list[str] | None:
+    """The options of an "Ambiguous request" reply, by number; None for any other reply."""
+    if not observation.startswith(_AMBIGUOUS_HEADER):
+        return None
+    options = {}
+    for line in observation.splitlines()[1:]:
+        m = _OPTION_LINE.fullmatch(line)
+        if m:
+            options[int(m.group(1))] = m.group(2).strip()
+    return [options[i] for i in sorted(options)]
+
+
+def _chosen_option(action: str, options: list[str] | None) -> str | None:
+    """The option text a numeric answer to an ambiguous request picks (None if it picks none)."""
+    if options is None or not _NUMBER.fullmatch(action):
+        return None
+    n = int(action)
+    return options[n] if 0 <= n < len(options) else None
+
+
+def _listing_fingerprint(text: str) -> collections.Counter:
+    """A room or inventory text up to listing order: each line (one object with what it holds) as its words."""
+    return collections.Counter(frozenset(collections.Counter(re.findall(r"\w+", line)).items())
+                               for line in text.splitlines())
 
 
 def _require_scienceworld():
@@ -293,14 +327,19 @@ class SciWorldEnv(TextEnv):
         self._episode = {
             "task_name": task, "variation": int(variation), "seed": seed,
             "task": _clean_task(str(srv.freeActionTaskDesc())),
-            "steps": 0, "score": score, "done": False, "actions": [],
+            "steps": 0, "score": score, "done": False,
+            # (action as sent, the option text it picked if it answered an ambiguous request): for replays
+            "actions": [], "options": None,
             "gold": list(srv.getGoldActionSequence()) if self.generate_gold_path else None,
         }
         obs = f"{look.strip()}\n{inventory.strip()}"
         return self._text_step(obs, reward=0.0, done=False, success=False, truncated=False)
 
     def step(self, action: str) -> TextStep:
-        """One action: only observation, score and completion are computed (plus objects if enabled)."""
+        """One action: only observation, score and completion are computed (plus objects if enabled).
+
+        A number answering an "Ambiguous request" reports the option it picked in `info["resolved_action"]`.
+        """
         ep = self._episode
         if ep is None:
             raise RuntimeError("call reset(seed) before step()")
@@ -309,12 +348,15 @@ class SciWorldEnv(TextEnv):
                                    ep.get("success", False), ep.get("truncated", False), after_done=True)
         action = " ".join(str(action).split())  # one line: the parser is whitespace-sensitive
         srv = self._srv()
-        if action.lower() in _BLOCKED_ACTIONS:
+        resolved = None
+        if action.lower() in _BLOCKED_ACTIONS:  # the simulator never sees it: a pending ambiguity stays
             obs, completed = UNKNOWN_ACTION_FEEDBACK, False
         else:
             obs = str(srv.step(action))
             completed = bool(srv.getCompleted())
-        ep["actions"].append(action)
+            resolved = _chosen_option(action, ep["options"])
+            ep["options"] = _ambiguous_options(obs)
+        ep["actions"].append((action, resolved))
         ep["steps"] += 1
         score = int(round(100 * srv.getScore()))
         # Negative scores (failure) count as 0 for the reward, so an episode's rewards sum to
@@ -334,26 +376,65 @@ class SciWorldEnv(TextEnv):
         extra = {"truncated_reason": "max_steps"} if truncated else {}
         if failed:
             extra["failure"] = True
+        if resolved is not None:
+            extra["resolved_action"] = resolved
         return self._text_step(obs, reward, done, success, truncated, **extra)
 
     def expert_actions(self) -> list[str]:
         """The simulator's gold action sequence for this episode (from its start).
 
         Without `generate_gold_path`, the task is reloaded with gold-path generation and the actions taken
-        so far are replayed (the simulator is deterministic), so the episode carries on where it was.
+        so far are replayed (the simulator is deterministic), so the episode carries on where it was. A
+        numeric answer to an ambiguous request is replayed as the option it picked (the options come in a
+        different order in each load); the room, inventory, score and move count are then checked against
+        the state before, and a replay that differs raises (the episode then needs a reset).
         """
         ep = self._episode
         if ep is None:
             raise RuntimeError("call reset(seed) before expert_actions()")
         if ep["gold"] is None:
             srv = self._srv()
+            before = self._state_fingerprint()
             srv.load(ep["task_name"], ep["variation"], self.simplifications, True)
-            ep["gold"] = [str(a) for a in srv.getGoldActionSequence()]
+            gold = [str(a) for a in srv.getGoldActionSequence()]
             srv.step("look around")
-            for a in ep["actions"]:
-                if a.lower() not in _BLOCKED_ACTIONS:
-                    srv.step(a)
+            try:
+                ep["options"] = self._replay(ep["actions"])
+                if self._state_fingerprint() != before:
+                    raise RuntimeError("the replayed state differs from the episode's (room, inventory, score "
+                                       "or move count)")
+            except RuntimeError as e:
+                self._episode = None
+                raise RuntimeError(f"SciWorldEnv.expert_actions: replaying {len(ep['actions'])} action(s) of "
+                                   f"{ep['task_name']} variation {ep['variation']} did not restore the "
+                                   f"episode ({e}); call reset() to go on, or set generate_gold_path=True so "
+                                   f"no replay is needed") from None
+            ep["gold"] = gold
         return list(ep["gold"])
+
+    def _replay(self, actions: Sequence[tuple[str, str | None]]) -> list[str] | None:
+        """Send `actions` again after a reload; an answer to an ambiguous request becomes the number its option
+        has in this load. Returns the options still pending at the end."""
+        srv = self._srv()
+        options = None
+        for action, resolved in actions:
+            if action.lower() in _BLOCKED_ACTIONS:
+                continue
+            if resolved is not None:
+                if options is None or resolved not in options:
+                    raise RuntimeError(f"the answer {action!r} picked {resolved!r}, which the replay's "
+                                       f"options {options} do not list")
+                # identical option texts cannot be told apart: the state check below catches a wrong one
+                action = str(options.index(resolved))
+            options = _ambiguous_options(str(srv.step(action)))
+        return options
+
+    def _state_fingerprint(self) -> tuple:
+        """What a replay must reproduce, up to the listing order of objects (see REPRODUCIBLE_TEXT_JVM_OPTIONS)."""
+        srv = self._srv()
+        return (_listing_fingerprint(str(srv.freeActionLook())),
+                _listing_fingerprint(str(srv.freeActionInventory())),
+                int(round(100 * srv.getScore())), int(srv.getNumMoves()))
 
     # ------------------------------------------------------------------ lazy extras
 

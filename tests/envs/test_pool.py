@@ -3,6 +3,7 @@ import functools
 import importlib.util
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -205,6 +206,79 @@ def test_bad_arguments_raise_clear_errors(pool):
 def test_factory_error_raises_with_traceback():
     with pytest.raises(RuntimeError, match="could not build its envs(.|\n)*no_such_arg"):
         EnvPool(functools.partial(_DebugEnv, no_such_arg=1), num_workers=1)
+
+
+def _fault_factory(tmp_path):
+    """A debug env whose construction fails while `fault` exists (its text: "raise" or "exit")."""
+    fault = tmp_path / "fault"
+    return fault, functools.partial(_DebugEnv, init_fault_file=str(fault))
+
+
+START_FAILURE = {"raise": "debug env asked to fail at start-up",
+                 "exit": r"died while building its envs \(exit code 3\)"}
+
+
+@pytest.mark.parametrize("how", ["raise", "exit"])
+def test_failed_restarts_are_counted_and_raise_with_the_factorys_error(tmp_path, how):
+    fault, factory = _fault_factory(tmp_path)
+    # wait_ready=False: the limit holds without ready() (it once ran only after ready() had)
+    with EnvPool(factory, num_workers=2, envs_per_worker=1, max_init_failures=2, wait_ready=False) as p:
+        p.reset([0, 1], [0, 1])
+        fault.write_text(how)
+        assert p.step([0], ["crash"])[0].info["truncated_reason"] == "worker_crashed"
+        # each restart has failed (and its process is gone) before the next call: the issue's case
+        assert _gone([p.worker_pids()[0]]) == []
+        first = p.reset([0], [5])[0]
+        assert first.truncated and first.info["truncated_reason"] == "worker_crashed"
+        assert re.search(START_FAILURE[how], first.info["traceback"])
+        assert _gone([p.worker_pids()[0]]) == []
+        with pytest.raises(RuntimeError, match=r"worker 0 could not build its envs \(2 consecutive failed restarts"
+                                               r"(.|\n)*" + START_FAILURE[how]):
+            p.reset([0, 1], [5, 6])
+        # the other worker was read before the raise: its next answer is its own
+        assert p.step([1], ["add 1"])[0].info["truncated_reason"] == "needs_reset: pool_error"
+        assert p.reset([1], [6])[0].observation == "value 6 at t=0"
+        # while the factory fails, a call that needs the worker fails clearly; once fixed, it comes back
+        with pytest.raises(RuntimeError, match="3 consecutive failed restarts"):
+            p.reset([0], [5])
+        fault.unlink()
+        assert p.reset([0], [7])[0].observation == "value 7 at t=0"
+        assert p.step([0], ["add 1"])[0].observation == "value 8 at t=1"
+
+
+def test_start_up_error_raised_mid_call_leaves_no_stale_reply(tmp_path):
+    fault, factory = _fault_factory(tmp_path)
+    with EnvPool(factory, num_workers=2, envs_per_worker=1, step_timeout_s=10, max_init_failures=1) as p:
+        p.reset([0, 1], [0, 1])
+        fault.write_text("raise")
+        p.step([0], ["crash"])
+        # worker 1 is still stepping when worker 0's restart fails past the limit
+        with pytest.raises(RuntimeError, match="could not build its envs"):
+            p.call([0, 1], "step", "sleep 2")
+        assert [o.observation for o in p.reset([1], [7])] == ["value 7 at t=0"]
+
+
+def test_interrupted_call_leaves_no_stale_reply(pool):
+    class Interrupt(Exception):
+        pass
+
+    def interrupt(signum, frame):
+        raise Interrupt()
+
+    pool.reset([0, 2], [0, 2])
+    previous = signal.signal(signal.SIGALRM, interrupt)
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 0.3)  # fires while worker 0 is still sleeping
+        with pytest.raises(Interrupt):
+            pool.step([0, 2], ["sleep 1", "add 1"])
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    # env 2's step happened but never reached the caller; worker 0's reply was still on its way
+    assert pool.step([2], ["add 1"])[0].info["truncated_reason"] == "needs_reset: interrupted_call"
+    out = pool.reset([0, 2], [5, 6])
+    assert [o.observation for o in out] == ["value 5 at t=0", "value 6 at t=0"]
+    assert pool.step([0], ["add 1"])[0].observation == "value 6 at t=1"
 
 
 def test_close_leaves_no_processes():

@@ -265,6 +265,47 @@ def test_expert_actions_mid_episode_keeps_the_state(env):
     assert env.expert_actions() == gold  # cached for the episode
 
 
+def _options(ambiguous_reply):
+    assert ambiguous_reply.startswith("Ambiguous request:"), ambiguous_reply
+    return re.findall(r"^\d+:\t(.*)$", ambiguous_reply, flags=re.M)
+
+
+def _open_door_by_number(env, room):
+    """Open the door to `room` the way an agent would: "open door", then the number of its option."""
+    options = _options(env.step("open door").observation)
+    k = next(i for i, o in enumerate(options) if f"between {room} and" in o)
+    ts = env.step(str(k))
+    assert ts.observation == "The door is now open." and ts.info["resolved_action"] == options[k]
+    return options
+
+
+@pytest.mark.java
+def test_expert_actions_replays_numeric_answers_as_the_option_picked(env):
+    """The options of an ambiguous request come in a new hash order in each load (without
+    `reproducible_text`), so the replay must answer with the option, not the agent's number."""
+    rooms = ("workshop", "bedroom", "greenhouse")
+    env.reset(_seed_for(env, "find-animal"))  # variation 0: the hallway, six closed doors
+    for room in rooms:
+        _open_door_by_number(env, room)
+    look = env.look()
+    env.expert_actions()
+    for room in rooms:
+        assert f"A door to the {room} (that is open)" in env.look()
+    assert _words(env.look()) == _words(look)
+    ts = env.step("look around")
+    assert ts.info["steps"] == 7 and "resolved_action" not in ts.info
+
+    # a replay that does not restore the episode fails clearly instead of going on from another state
+    env.reset(_seed_for(env, "find-animal"))
+    options = _open_door_by_number(env, "workshop")
+    action, _ = env._episode["actions"][-1]
+    env._episode["actions"][-1] = (action, next(o for o in options if "kitchen" in o))  # injected divergence
+    with pytest.raises(RuntimeError, match="did not restore the episode(.|\n)*generate_gold_path"):
+        env.expert_actions()
+    with pytest.raises(RuntimeError, match="reset"):
+        env.step("look around")
+
+
 @pytest.fixture(scope="module")
 def repro_env():
     e = SciWorldEnv(task_names=["find-animal", "power-component"], reproducible_text=True)
