@@ -76,6 +76,19 @@ def kl_reward_penalty(samples: Dict[str, np.ndarray], kl_coef: float, estimator:
     return kl_coef * np.where(mask > 0, np.asarray(kl), 0.0).sum(axis=1).astype(np.float32)
 
 
+def penalised_rewards(reward_et: Optional[np.ndarray], episode_returns: np.ndarray, index: np.ndarray,
+                      penalty: np.ndarray) -> Tuple[Optional[np.ndarray], np.ndarray]:
+    """Subtract each sample's KL penalty from its turn's reward [E, T] (when the batch has per-turn rewards)
+    and from its episode's return [E]; `index` [S, 2] holds each sample's (episode, turn)."""
+    returns = np.asarray(episode_returns, np.float32).copy()
+    np.subtract.at(returns, index[:, 0], penalty)
+    if reward_et is None:
+        return None, returns
+    rewards = np.asarray(reward_et, np.float32).copy()
+    np.subtract.at(rewards, (index[:, 0], index[:, 1]), penalty)
+    return rewards, returns
+
+
 def explained_variance(returns: np.ndarray, values: np.ndarray) -> float:
     """1 - Var(returns - values) / Var(returns) over the batch (0 when the returns do not vary)."""
     var = float(np.var(returns))

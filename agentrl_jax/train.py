@@ -226,13 +226,11 @@ class Trainer:
         if self.ref_params is not None:
             samples["ref_logprobs"] = self._score_all(self.ref_params, samples)["logprobs"]
         metrics: Dict[str, float] = {}
-        reward_et = np.asarray(batch.reward, np.float32).copy() if hasattr(batch, "reward") else None
-        returns_e = np.asarray(stats.episode_return, np.float32).copy()
+        reward_et = np.asarray(batch.reward, np.float32) if hasattr(batch, "reward") else None
+        returns_e = np.asarray(stats.episode_return, np.float32)
         if self.cfg.kl_in_reward and self.ref_params is not None:
             penalty = learner.kl_reward_penalty(samples, self.cfg.kl_coef, self.cfg.kl_estimator)
-            np.subtract.at(returns_e, index[:, 0], penalty)
-            if reward_et is not None:
-                np.subtract.at(reward_et, (index[:, 0], index[:, 1]), penalty)
+            reward_et, returns_e = learner.penalised_rewards(reward_et, returns_e, index, penalty)
             metrics["kl_reward_penalty"] = float(penalty.mean())
         if self.cfg.algorithm == "grpo":
             samples["advantages"] = learner.grpo_step_advantages(returns_e, index, self.group_size,
