@@ -4,6 +4,17 @@
     python benchmarks/train_step.py --mesh 1,-1,1 --hidden 256 --layers 4 --seq 256 --batch 16
     python benchmarks/train_step.py --peer torch --json out.json     # also time HF transformers (torch) AdamW
 
+The torch peer (`--peer torch`) runs the same config, batch and optimizer (AdamW, lr 1e-4, no weight decay,
+global-norm clip 1.0) on the SAME device and dtype as ours, as torch users run it: on CPU when JAX runs on CPU,
+on one CUDA GPU when JAX runs on one GPU (fp32 matmuls as TF32 on both: JAX's GPU default, torch's
+`set_float32_matmul_precision("high")`), and for `--dtype bfloat16` fp32 weights with bf16 compute on both
+(ours: `dtype=bfloat16, param_dtype=float32`; torch: `torch.autocast(dtype=torch.bfloat16)`). Anything else
+(a TPU, several GPUs in the mesh, a GPU torch cannot see) stops with a message before any timing. Each side
+runs in its own fresh process (one framework's thread pool slows the other's kernels in a shared process),
+interleaved jax, torch, jax, torch, ... for `--repeats` rounds; "vs torch" is the median over rounds of torch's
+step time / ours. On CPU, fake devices (`--cpu_devices`) share the host's cores with one another, so the
+comparison is the same hardware at any device count; `--cpu_devices 1 --mesh 1,1,1` is the closest like.
+
 Model FLOPs per step = (6 * params + 12 * layers * heads * head_dim * seq) * tokens (PaLM appendix B
 convention: matmul FLOPs of forward+backward, attention scores/values counted over the full sequence).
 MFU = model FLOP/s / peak FLOP/s. Peak: `--peak_tflops` (per device), else a table by device kind (dense
@@ -15,8 +26,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
+import subprocess
 import sys
 import time
+
+_RESULT = "RESULT "  # prefix of the one line a child process answers with
 
 PEAK_TFLOPS = {  # dense bf16 per device, vendor datasheets
     "TPU v4": 275.0,
@@ -31,7 +46,7 @@ PEAK_TFLOPS = {  # dense bf16 per device, vendor datasheets
 }
 
 
-def parse():
+def parse(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--vocab", type=int, default=1024)
     ap.add_argument("--hidden", type=int, default=128)
@@ -50,9 +65,22 @@ def parse():
     ap.add_argument("--cpu_devices", type=int, default=8, help="fake CPU devices (CPU backend only)")
     ap.add_argument("--peak_tflops", type=float, default=None, help="peak per device, TFLOP/s")
     ap.add_argument("--peer", choices=["none", "torch"], default="none",
-                    help="also time the same model/step in HF transformers + torch (CPU)")
+                    help="also time the same model/step in HF transformers + torch, same device and dtype")
+    ap.add_argument("--repeats", type=int, default=3,
+                    help="with --peer: interleaved (jax, torch) rounds, each side in a fresh process")
     ap.add_argument("--json", default=None, help="write results here")
-    return ap.parse_args()
+    # Internal: one side in a fresh process, answering with one RESULT line.
+    ap.add_argument("--side", choices=["probe", "jax", "torch"], default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--torch_device", default="cpu", help=argparse.SUPPRESS)
+    ap.add_argument("--head_dim_of_jax", type=int, default=None, help=argparse.SUPPRESS)
+    a = ap.parse_args(argv)
+    for name in ("steps", "warmup", "repeats", "batch", "seq", "accum", "cpu_devices"):
+        if getattr(a, name) < 1:
+            ap.error(f"--{name} must be >= 1, got {getattr(a, name)}")
+    a.intermediate = a.intermediate or 4 * a.hidden
+    if a.batch % a.accum:
+        ap.error(f"--batch {a.batch} must be divisible by --accum {a.accum}")
+    return a
 
 
 def model_flops_per_token(n_params: int, layers: int, heads: int, head_dim: int, seq: int) -> float:
@@ -130,32 +158,77 @@ def bench_jax(a):
         peak, peak_src = (per * 1e12 * n_dev, f"table ({kind})") if per else (float("nan"), "unknown")
     return dict(
         impl="agentrl_jax", device=f"{dev.platform}:{kind}", n_devices=n_dev, mesh=dict(mesh.shape),
+        dtype="fp32 weights, bf16 compute" if a.dtype == "bfloat16" else "float32",
         params=n_params, head_dim=cfg.head_dim, compile_s=compile_s, step_times=times, peak_flops=peak,
         peak_source=peak_src, loss=float(m["loss"]),
     )
 
 
+def torch_device_for(platform: str, n_devices: int, torch_has_cuda: bool) -> str:
+    """The torch device that matches the JAX side's hardware, or SystemExit saying why there is none."""
+    if platform == "cpu":
+        return "cpu"
+    if platform in ("gpu", "cuda"):
+        if n_devices != 1:
+            sys.exit(f"--peer torch: JAX sees {n_devices} GPUs but the torch peer runs on one; compare on one GPU "
+                     f"(e.g. CUDA_VISIBLE_DEVICES=0 ... --mesh 1,1,1) so both sides use the same hardware.")
+        if not torch_has_cuda:
+            sys.exit("--peer torch: JAX runs on a GPU but this torch has no CUDA (torch.cuda.is_available() is "
+                     "False); install a CUDA build of torch, or run both on CPU with JAX_PLATFORMS=cpu.")
+        return "cuda"
+    sys.exit(f"--peer torch: JAX runs on {platform!r}, where torch does not run; compare on CPU "
+             f"(JAX_PLATFORMS=cpu) or on one GPU.")
+
+
+def probe() -> dict:
+    """Which hardware the JAX side gets (in its own process, so the parent never holds a device)."""
+    import jax
+
+    try:
+        import torch
+
+        cuda = bool(torch.cuda.is_available())
+    except ImportError:
+        cuda = False
+    return dict(platform=jax.default_backend(), n_devices=jax.device_count(), torch_cuda=cuda)
+
+
 def bench_torch(a, head_dim):
+    import contextlib
+
     import numpy as np
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
+    dev = torch.device(a.torch_device)
+    if dev.type == "cuda":
+        torch.set_float32_matmul_precision("high")  # TF32 for fp32 matmuls, as JAX does on a GPU by default
+    # Mixed precision as torch users run it: fp32 weights and optimizer, bf16 compute under autocast.
+    autocast = (lambda: torch.autocast(dev.type, dtype=torch.bfloat16)) if a.dtype == "bfloat16" \
+        else contextlib.nullcontext
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
     torch.manual_seed(0)
     cfg = LlamaConfig(vocab_size=a.vocab, hidden_size=a.hidden, intermediate_size=a.intermediate,
                       num_hidden_layers=a.layers, num_attention_heads=a.heads, num_key_value_heads=a.kv_heads,
                       head_dim=head_dim, tie_word_embeddings=True, max_position_embeddings=max(a.seq + 1, 128))
-    model = LlamaForCausalLM(cfg).train()
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    model = LlamaForCausalLM(cfg).to(dev).train()  # fp32 weights, like ours (param_dtype float32)
+    if a.remat:
+        model.gradient_checkpointing_enable()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.0)  # ours: make_optimizer(1e-4)
     ids = torch.from_numpy(np.random.default_rng(0).integers(0, a.vocab, size=(a.batch, a.seq + 1)).astype(np.int64))
+    ids = ids.to(dev).reshape(a.accum, a.batch // a.accum, a.seq + 1)
 
     def step():
-        out = model(input_ids=ids[:, :-1])
-        logp = torch.log_softmax(out.logits.float(), -1)
-        loss = -logp.gather(-1, ids[:, 1:, None]).mean()
-        loss.backward()
+        for micro in ids:  # --accum micro-batches, one optimizer step (as ours)
+            with autocast():
+                out = model(input_ids=micro[:, :-1])
+            logp = torch.log_softmax(out.logits.float(), -1)
+            loss = -logp.gather(-1, micro[:, 1:, None]).mean() / a.accum
+            loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
+        sync()
         return float(loss.detach())
 
     for _ in range(a.warmup):
@@ -166,22 +239,73 @@ def bench_torch(a, head_dim):
         step()
         times.append(time.perf_counter() - t)
     n = sum(p.numel() for p in model.parameters())
-    return dict(impl=f"torch {torch.__version__} + transformers (HF Llama)", device="cpu",
-                n_devices=1, params=n, step_times=times, threads=torch.get_num_threads())
+    name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu"
+    return dict(impl=f"torch {torch.__version__} + transformers (HF Llama)", device=f"{dev.type}:{name}",
+                n_devices=1, params=n, step_times=times, threads=torch.get_num_threads(),
+                dtype="fp32 weights, bf16 autocast" if a.dtype == "bfloat16" else "float32")
 
 
-def main():
-    a = parse()
-    a.intermediate = a.intermediate or 4 * a.hidden
-    if a.batch % a.accum:
-        sys.exit(f"--batch {a.batch} must be divisible by --accum {a.accum}")
-    if os.environ.get("JAX_PLATFORMS", "cpu") == "cpu" and "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
-        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={a.cpu_devices}").strip()
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+def _spawn(argv: list, side: str, extra: tuple = ()) -> dict:
+    """Re-invoke this script for one side in a fresh process; return its RESULT json (raise on failure)."""
+    cmd = [sys.executable, os.path.abspath(__file__), *argv, "--side", side, *extra]
+    started = time.time()
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(_RESULT)]
+    if proc.returncode != 0 or not lines:
+        tail = proc.stderr[-4000:]
+        if proc.returncode != 0 and "--peer torch:" in tail:  # a refusal: pass its message on as is
+            sys.exit(tail.strip().splitlines()[-1])
+        raise RuntimeError(f"benchmark side {side!r} failed with exit code {proc.returncode}:\n"
+                           f"{proc.stdout[-2000:]}\n{tail}")
+    return dict(json.loads(lines[-1][len(_RESULT):]), started=started)
 
-    rows = [bench_jax(a)]
-    if a.peer == "torch":
-        rows.append(bench_torch(a, rows[0]["head_dim"]))
+
+def _without(argv: list, *flags: str) -> list:
+    """argv minus the given --flag value pairs (and --flag=value forms)."""
+    out, skip = [], False
+    for x in argv:
+        if skip:
+            skip = False
+        elif x in flags:
+            skip = True
+        elif not any(x.startswith(f + "=") for f in flags):
+            out.append(x)
+    return out
+
+
+def run_with_peer(a, argv: list) -> list:
+    """Interleaved fresh-process rounds of (jax, torch) on the same device and dtype; returns [jax, torch] rows
+    whose step_times are all rounds' timed steps and whose `rounds` hold each round's median step."""
+    hw = _spawn(argv, "probe")
+    device = torch_device_for(hw["platform"], hw["n_devices"], hw["torch_cuda"])
+    child_argv = _without(argv, "--json", "--repeats")
+    rounds = []
+    for _ in range(a.repeats):
+        j = _spawn(child_argv, "jax")
+        t = _spawn(child_argv, "torch", ("--torch_device", device, "--head_dim_of_jax", str(j["head_dim"])))
+        rounds.append((j, t))
+    rows = []
+    for k in range(2):
+        row = dict(rounds[0][k])
+        row["step_times"] = [x for r in rounds for x in r[k]["step_times"]]
+        row["round_step_s"] = [statistics.median(r[k]["step_times"]) for r in rounds]
+        row["round_started"] = [r[k]["started"] for r in rounds]
+        rows.append(row)
+    rows[0]["vs_torch"] = statistics.median(t / j for j, t in zip(rows[0]["round_step_s"], rows[1]["round_step_s"]))
+    return rows
+
+
+def _child(a) -> None:
+    if a.side == "probe":
+        out = probe()
+    elif a.side == "jax":
+        out = bench_jax(a)
+    else:
+        out = bench_torch(a, a.head_dim_of_jax)
+    print(_RESULT + json.dumps(out, default=str), flush=True)
+
+
+def print_step_table(a, rows) -> None:
     tokens = a.batch * a.seq
     peak = rows[0]["peak_flops"]
     for r in rows:
@@ -191,18 +315,43 @@ def main():
                  mfu=fpt * tokens / med / peak if peak == peak else float("nan"))
 
     print(f"\nconfig: vocab={a.vocab} hidden={a.hidden} inter={a.intermediate} layers={a.layers} heads={a.heads}/"
-          f"{a.kv_heads} seq={a.seq} batch={a.batch} accum={a.accum} dtype={a.dtype} mesh={rows[0]['mesh']}")
-    print(f"peak: {peak / 1e12:.3f} TFLOP/s ({rows[0]['peak_source']}); jax compile {rows[0]['compile_s']:.1f}s\n")
-    hdr = f"{'impl':<44} {'device':<14} {'params':>10} {'step ms':>9} {'tokens/s':>10} {'TFLOP/s':>8} {'MFU':>7}"
+          f"{a.kv_heads} seq={a.seq} batch={a.batch} accum={a.accum} dtype={a.dtype} remat={a.remat} "
+          f"mesh={rows[0]['mesh']}")
+    print(f"peak: {peak / 1e12:.3f} TFLOP/s ({rows[0]['peak_source']}); jax compile {rows[0]['compile_s']:.1f}s")
+    if len(rows) > 1:
+        print(f"peer: same device and dtype ({rows[1]['device']}, {rows[1]['dtype']}), each side in a fresh "
+              f"process, {a.repeats} interleaved round(s); step ms = median over all rounds' steps; vs torch = "
+              f"median over rounds of torch step / ours; torch threads {rows[1]['threads']}")
+    print()
+    hdr = (f"{'impl':<44} {'device':<16} {'devs':>4} {'params':>10} {'step ms':>9} {'tokens/s':>10} {'TFLOP/s':>8} "
+           f"{'MFU':>7} {'vs torch':>8}")
     print(hdr)
     print("-" * len(hdr))
     for r in rows:
-        print(f"{r['impl'][:44]:<44} {r['device'][:14]:<14} {r['params']:>10,} {r['step_s'] * 1e3:>9.1f} "
-              f"{r['tokens_per_s']:>10,.0f} {r['model_tflops']:>8.4f} {r['mfu'] * 100:>6.2f}%")
+        vs = f"{r['vs_torch']:.2f}x" if "vs_torch" in r else "-"
+        print(f"{r['impl'][:44]:<44} {r['device'][:16]:<16} {r['n_devices']:>4} {r['params']:>10,} "
+              f"{r['step_s'] * 1e3:>9.1f} {r['tokens_per_s']:>10,.0f} {r['model_tflops']:>8.4f} "
+              f"{r['mfu'] * 100:>6.2f}% {vs:>8}")
+
+
+def main(argv=None):
+    argv = list(sys.argv[1:] if argv is None else argv)
+    a = parse(argv)
+    if os.environ.get("JAX_PLATFORMS", "cpu") == "cpu" and "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
+        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={a.cpu_devices}").strip()
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    if a.side is not None:
+        return _child(a)
+
+    rows = run_with_peer(a, argv) if a.peer == "torch" else [bench_jax(a)]
+    print_step_table(a, rows)
+    # Further report sections (e.g. compiled memory of the scoring pass, collective bytes per step) go here,
+    # each its own function of (a, rows) printing below the step table and adding its keys to the rows.
     if a.json:
         with open(a.json, "w") as f:
             json.dump({"args": vars(a), "results": rows}, f, indent=2, default=str)
         print(f"\nwrote {a.json}")
+    return rows
 
 
 if __name__ == "__main__":
