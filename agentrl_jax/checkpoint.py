@@ -247,16 +247,18 @@ class Checkpointer:
         """``(step, state, extra)`` from the newest checkpoint that restores, or None if there is none.
 
         A newest checkpoint that fails to restore (partial / corrupt files) is skipped with a warning
-        (``RuntimeWarning`` + log) and the previous one is tried; if all fail, ValueError.
+        (``RuntimeWarning`` + log) and the previous one is tried. Once one restores, the newer ones that failed
+        are moved aside (see :meth:`_move_aside`) so their steps can be saved again. If all fail, ValueError
+        (nothing is moved: that points at the target, not the disk).
         """
         self.wait()
         self._mgr.reload()
         steps = sorted(self._mgr.all_steps(), reverse=True)
         first_error = None
+        failed = []
         for step in steps:
             try:
                 state, extra = self.restore(step, abstract_state)
-                return step, state, extra
             except Exception as e:  # orbax/tensorstore raise many types for damaged files
                 msg = (f"checkpoint at step {step} in {self.directory} could not be restored "
                        f"({type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}); "
@@ -264,6 +266,11 @@ class Checkpointer:
                 log.warning(msg)
                 warnings.warn(msg, RuntimeWarning, stacklevel=2)
                 first_error = first_error or e
+                failed.append(step)
+                continue
+            if failed:
+                self._move_aside(failed)
+            return step, state, extra
         if steps:
             # Every checkpoint failing points at the target (wrong shapes / tree) rather than at the disk.
             raise ValueError(
@@ -272,6 +279,27 @@ class Checkpointer:
                 f"(first error: {type(first_error).__name__}: {first_error})"
             ) from first_error
         return None
+
+    def _move_aside(self, steps) -> None:
+        """Rename each step directory to ``<step>.corrupt-<n>`` (first free n), a name Orbax does not read as a
+        step: otherwise the step stays listed and ``maybe_save(step)`` refuses to write it again. The files are
+        kept for inspection (delete them by hand)."""
+        if jax.process_index() == 0:  # one host renames; the others wait at the barrier below
+            for step in steps:
+                src = os.path.join(self.directory, str(step))
+                if not os.path.isdir(src):
+                    continue
+                n = 0
+                while os.path.exists(f"{src}.corrupt-{n}"):
+                    n += 1
+                os.rename(src, f"{src}.corrupt-{n}")
+                log.warning("moved the unrestorable checkpoint %s aside to %s so step %d can be saved again",
+                            src, f"{src}.corrupt-{n}", step)
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+
+            multihost_utils.sync_global_devices("agentrl_jax.checkpoint.move_aside")
+        self._mgr.reload()
 
     def read_config(self, step: int) -> dict:
         """The ``config`` item of `step`: ``{"gin_config": text, "step": step}``."""

@@ -100,6 +100,43 @@ def test_corrupt_latest_falls_back_to_previous(tmp_path, damage):
     ck.close()
 
 
+def _break_metadata(step_dir):
+    os.remove(step_dir / "state" / "_METADATA")
+
+
+def test_corrupt_step_is_moved_aside_so_it_can_be_saved_again(tmp_path, caplog):
+    """Issue 19 point 11: after falling back past a corrupt step 2, step 2 can be saved again (the final model of
+    a run is not lost) and is what restore_latest returns; the damaged files are kept aside, not deleted."""
+    state, abstract = _state(sharding.make_mesh(1, 8, 1))
+    ck = checkpoint.Checkpointer(tmp_path, save_every=1, keep=3)
+    ck.maybe_save(1, state, extra_json={"at": 1})
+    ck.maybe_save(2, state, extra_json={"at": 2})
+    ck.close()
+    _break_metadata(tmp_path / "2")
+    ck = checkpoint.Checkpointer(tmp_path, save_every=1, keep=3)
+    with pytest.warns(RuntimeWarning, match="step 2 .* could not be restored"), caplog.at_level("WARNING"):
+        step, _, extra = ck.restore_latest(abstract)
+    assert step == 1 and extra == {"at": 1}
+    assert ck.all_steps() == [1] and (tmp_path / "2.corrupt-0" / "state").is_dir()
+    assert any("2.corrupt-0" in r.getMessage() for r in caplog.records)
+
+    newer = jax.tree.map(lambda x: x + 1 if hasattr(x, "dtype") and x.dtype == np.float32 else x, state)
+    assert ck.maybe_save(2, newer, extra_json={"at": "2 again"}, force=True)
+    ck.wait()
+    step, restored, extra = ck.restore_latest(abstract)
+    assert step == 2 and extra == {"at": "2 again"}
+    jax.tree.map(np.testing.assert_array_equal, _np(restored["params"]), _np(newer["params"]))
+    ck.close()
+    # A second failure of the same step gets the next free name, and a reopened manager never sees either.
+    _break_metadata(tmp_path / "2")
+    ck = checkpoint.Checkpointer(tmp_path, save_every=1, keep=3)
+    with pytest.warns(RuntimeWarning):
+        assert ck.restore_latest(abstract)[0] == 1
+    assert (tmp_path / "2.corrupt-1").is_dir() and ck.all_steps() == [1]
+    ck.close()
+    assert checkpoint.Checkpointer(tmp_path, save_every=1).all_steps() == [1]
+
+
 def test_empty_dir_and_wrong_target(tmp_path):
     state, abstract = _state(sharding.make_mesh(1, 8, 1))
     ck = checkpoint.Checkpointer(tmp_path, save_every=1)
@@ -108,6 +145,7 @@ def test_empty_dir_and_wrong_target(tmp_path):
     bad = dict(abstract, rng=jax.ShapeDtypeStruct((3,), np.float32))
     with pytest.warns(RuntimeWarning), pytest.raises(ValueError, match="could be restored into the given abstract"):
         ck.restore_latest(bad)
+    assert ck.all_steps() == [1] and os.listdir(tmp_path) == ["1"]  # a wrong target moves nothing aside
     with pytest.raises(ValueError, match="JSON-serialisable"):
         ck.maybe_save(2, state, extra_json={"x": object()})
     ck.close()

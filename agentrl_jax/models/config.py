@@ -36,7 +36,9 @@ class ModelConfig:
     head_dim: None means hidden_size // num_heads (resolved at construction, so `cfg.head_dim` is always an int).
     rope_scaling: None or a dict with `rope_type` in {"default", "llama3", "linear"} and its fields
       (llama3: factor, low_freq_factor, high_freq_factor, original_max_position_embeddings; linear: factor).
-    qkv_bias: biases on q/k/v projections (Qwen2). qk_norm: per-head RMSNorm on q and k before RoPE (Qwen3).
+    qkv_bias: biases on q/k/v projections (Qwen2; Llama / Qwen3 with `attention_bias=True`).
+    o_proj_bias: bias on the output projection (Llama / Qwen3 with `attention_bias=True`; Qwen2 has none).
+    qk_norm: per-head RMSNorm on q and k before RoPE (Qwen3).
     dtype: compute dtype of activations; param_dtype: storage dtype of weights.
     remat: rematerialise each decoder layer in the backward pass (`nnx.remat`).
     eos_token_ids: end-of-turn/eos ids read from generation_config.json / config.json (may be empty).
@@ -54,6 +56,7 @@ class ModelConfig:
     rms_norm_eps: float = 1e-6
     tie_word_embeddings: bool = False
     qkv_bias: bool = False
+    o_proj_bias: bool = False
     qk_norm: bool = False
     max_position_embeddings: int = 4096
     dtype: str = "float32"
@@ -116,6 +119,8 @@ class ModelConfig:
         attn = d * hd * (self.num_heads * 2 + self.num_kv_heads * 2)
         if self.qkv_bias:
             attn += hd * (self.num_heads + 2 * self.num_kv_heads)
+        if self.o_proj_bias:
+            attn += d
         if self.qk_norm:
             attn += 2 * hd
         layer = attn + 3 * d * f + 2 * d
@@ -166,6 +171,24 @@ def _rope_from_hf(d: Mapping[str, Any]) -> Tuple[float, Optional[dict]]:
     return theta, scaling or None
 
 
+def sliding_window_layers(d: Mapping[str, Any]) -> list:
+    """Indices of the layers transformers runs with sliding-window attention for HF config dict `d` (Qwen2/3).
+
+    As in transformers 5's Qwen2Config / Qwen3Config: no window unless `use_sliding_window` and a
+    `sliding_window` size are set; then `layer_types` when given, else every layer i >= `max_window_layers`
+    (default 28). Llama has no sliding window.
+    """
+    if d.get("model_type") not in ("qwen2", "qwen3") or not d.get("use_sliding_window"):
+        return []
+    if d.get("sliding_window") is None:
+        return []
+    n = int(d["num_hidden_layers"])
+    types = d.get("layer_types") or [
+        "sliding_attention" if i >= int(d.get("max_window_layers", 28)) else "full_attention" for i in range(n)
+    ]
+    return [i for i, t in enumerate(types) if t == "sliding_attention"]
+
+
 def config_from_hf(d: Mapping[str, Any], **overrides: Any) -> ModelConfig:
     """Build a ModelConfig from a Hugging Face config dict (transformers 4.x or 5.x layout).
 
@@ -180,8 +203,15 @@ def config_from_hf(d: Mapping[str, Any], **overrides: Any) -> ModelConfig:
         raise ValueError(f"hidden_act {d.get('hidden_act')!r} is not supported (only silu/SwiGLU)")
     if d.get("mlp_bias"):
         raise ValueError("mlp_bias=True is not supported (Llama/Qwen checkpoints have no MLP biases)")
-    if model_type == "qwen2" and d.get("use_sliding_window"):
-        raise ValueError("use_sliding_window=True is not supported; set it to false (full attention)")
+    sliding = sliding_window_layers(d)
+    if sliding:
+        raise ValueError(
+            f"use_sliding_window=True with sliding_window={d.get('sliding_window')} makes transformers window the "
+            f"attention of layers {sliding} (from layer_types / max_window_layers={d.get('max_window_layers', 28)}), "
+            "but this decoder only has full attention, so its outputs would differ from the checkpoint's on any "
+            "sequence longer than the window. Load a checkpoint without sliding window layers (set "
+            "use_sliding_window=false in config.json only if no sequence will exceed the window)"
+        )
     theta, scaling = _rope_from_hf(d)
     eos = d.get("eos_token_id")
     eos = () if eos is None else tuple(eos) if isinstance(eos, (list, tuple)) else (eos,)
@@ -197,8 +227,10 @@ def config_from_hf(d: Mapping[str, Any], **overrides: Any) -> ModelConfig:
         rope_scaling=scaling,
         rms_norm_eps=float(d.get("rms_norm_eps", 1e-6)),
         tie_word_embeddings=bool(d.get("tie_word_embeddings", False)),
-        # Qwen2 always has q/k/v biases; Llama and Qwen3 have them only with attention_bias=True.
+        # Qwen2 always has q/k/v biases and none on o_proj; Llama's and Qwen3's attention_bias=True puts a bias
+        # on all four projections (transformers' LlamaAttention / Qwen3Attention).
         qkv_bias=True if model_type == "qwen2" else bool(d.get("attention_bias", False)),
+        o_proj_bias=model_type != "qwen2" and bool(d.get("attention_bias", False)),
         qk_norm=model_type == "qwen3",
         max_position_embeddings=int(d.get("max_position_embeddings", 4096)),
         model_type=model_type,
@@ -236,14 +268,23 @@ def config_to_hf(cfg: ModelConfig) -> dict:
         "use_cache": True,
     }
     if cfg.model_type in ("llama", "qwen3"):
+        # One HF flag for all four attention biases: a config with only some of them is not representable.
+        if cfg.qkv_bias != cfg.o_proj_bias:
+            raise ValueError(
+                f"{cfg.model_type} checkpoints have biases on q/k/v and o_proj together (attention_bias) or on "
+                f"none; got qkv_bias={cfg.qkv_bias}, o_proj_bias={cfg.o_proj_bias}: set both to the same value "
+                "(or use model_type='qwen2' for q/k/v biases alone)"
+            )
         d["attention_bias"] = cfg.qkv_bias
         d["attention_dropout"] = 0.0
     if cfg.model_type == "llama":
         d["mlp_bias"] = False
-    if cfg.model_type == "qwen2":
+    if cfg.model_type in ("qwen2", "qwen3"):
         d["use_sliding_window"] = False
     if cfg.model_type == "qwen2" and not cfg.qkv_bias:
         raise ValueError("Qwen2 checkpoints always have q/k/v biases; use qkv_bias=True or model_type='llama'")
+    if cfg.model_type == "qwen2" and cfg.o_proj_bias:
+        raise ValueError("Qwen2 checkpoints have no o_proj bias; use o_proj_bias=False or model_type='llama'")
     if cfg.model_type != "qwen3" and cfg.qk_norm:
         raise ValueError("qk_norm=True is only representable as model_type='qwen3'")
     if cfg.model_type == "qwen3" and not cfg.qk_norm:

@@ -12,6 +12,7 @@ Weight layouts (ours, "in" axes first; `hf.py` transposes HF's [out, in] Linear 
   embed_tokens.embedding [V, D] (vocab, embed)       lm_head.kernel [D, V] (embed, vocab)
   attn.q_proj.kernel [D, H, hd] (embed, heads, kv)   attn.k_proj / v_proj.kernel [D, KV, hd] (embed, kv_heads, kv)
   attn.o_proj.kernel [H, hd, D] (heads, kv, embed)   q/k/v biases [H|KV, hd]; q_norm/k_norm.scale [hd] (kv)
+  attn.o_proj.bias [D] (embed)
   mlp.gate_proj / up_proj.kernel [D, F] (embed, mlp) mlp.down_proj.kernel [F, D] (mlp, embed)
   *_norm.scale [D] (embed)
 
@@ -162,7 +163,8 @@ class Attention(nnx.Module):
         self.q_proj = Proj("bld,dhk->blhk", (d, h, hd), ("embed", "heads", "kv"), **qb, **common)
         self.k_proj = Proj("bld,dhk->blhk", (d, kvh, hd), ("embed", "kv_heads", "kv"), **kvb, **common)
         self.v_proj = Proj("bld,dhk->blhk", (d, kvh, hd), ("embed", "kv_heads", "kv"), **kvb, **common)
-        self.o_proj = Proj("blhk,hkd->bld", (h, hd, d), ("heads", "kv", "embed"), **common)
+        ob = dict(bias_shape=(d,), bias_names=("embed",)) if cfg.o_proj_bias else {}
+        self.o_proj = Proj("blhk,hkd->bld", (h, hd, d), ("heads", "kv", "embed"), **ob, **common)
         if cfg.qk_norm:
             self.q_norm = RMSNorm(hd, cfg.rms_norm_eps, dtype=dt, param_dtype=pdt, names=("kv",), rngs=rngs)
             self.k_norm = RMSNorm(hd, cfg.rms_norm_eps, dtype=dt, param_dtype=pdt, names=("kv",), rngs=rngs)

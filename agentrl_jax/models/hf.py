@@ -194,6 +194,17 @@ def _build(cfg: ModelConfig, files: Dict[str, str], folder: str, mesh, rules) ->
         )
     extra = [n for n in files if n not in set(wanted) and not _IGNORED.match(n)
              and not (n == "lm_head.weight" and cfg.tie_word_embeddings)]
+    # A tensor of a module we do build (e.g. a projection's bias) changes that module's output: dropping it
+    # would run a different model, so that is an error, not a warning.
+    ours = {n.rsplit(".", 1)[0] for n in wanted}
+    dropped = [n for n in extra if n.rsplit(".", 1)[0] in ours]
+    if dropped:
+        shown = ", ".join(dropped[:3]) + (f" and {len(dropped) - 3} more" if len(dropped) > 3 else "")
+        raise ValueError(
+            f"checkpoint in {folder} has tensors {shown} that a {cfg.model_type} model with this config.json "
+            f"(qkv_bias={cfg.qkv_bias}, o_proj_bias={cfg.o_proj_bias}, qk_norm={cfg.qk_norm}) has no place "
+            "for; loading without them would change the outputs. Is config.json right (e.g. attention_bias)?"
+        )
     if extra:
         warnings.warn(f"{folder}: ignoring {len(extra)} tensors the model does not use, e.g. {extra[:3]}")
 

@@ -89,6 +89,47 @@ def test_config_from_hf_families():
         config_from_hf({**base, "model_type": "mistral"})
 
 
+@pytest.mark.parametrize("model_type", ["llama", "qwen3"])
+def test_attention_bias_means_q_k_v_and_o_proj_biases(model_type):
+    """As transformers' LlamaAttention / Qwen3Attention: attention_bias puts a bias on all four projections."""
+    base = dict(model_type=model_type, vocab_size=96, hidden_size=48, intermediate_size=80, num_hidden_layers=2,
+                num_attention_heads=4, num_key_value_heads=2, attention_bias=True)
+    cfg = config_from_hf(base)
+    assert cfg.qkv_bias and cfg.o_proj_bias
+    assert config_to_hf(cfg)["attention_bias"] is True and config_from_hf(config_to_hf(cfg)) == cfg
+    assert not config_from_hf({**base, "attention_bias": False}).o_proj_bias
+    q2 = config_from_hf({**base, "model_type": "qwen2"})  # Qwen2: q/k/v biases always, never on o_proj
+    assert q2.qkv_bias and not q2.o_proj_bias
+    # Only all four or none is a representable checkpoint.
+    with pytest.raises(ValueError, match="qkv_bias=True, o_proj_bias=False: set both"):
+        config_to_hf(dataclasses.replace(cfg, o_proj_bias=False))
+    with pytest.raises(ValueError, match="no o_proj bias"):
+        config_to_hf(dataclasses.replace(q2, o_proj_bias=True))
+
+
+@pytest.mark.parametrize("window, refused", [
+    (dict(use_sliding_window=True, sliding_window=64, max_window_layers=1), "layers \\[1\\]"),
+    (dict(use_sliding_window=True, sliding_window=64, max_window_layers=0), "layers \\[0, 1\\]"),
+    (dict(use_sliding_window=True, sliding_window=64), None),  # max_window_layers defaults to 28 >= 2 layers
+    (dict(use_sliding_window=True, sliding_window=64, max_window_layers=2), None),
+    (dict(use_sliding_window=True, sliding_window=None, max_window_layers=0), None),  # no window size: full
+    (dict(use_sliding_window=False, sliding_window=64, max_window_layers=0), None),
+    (dict(use_sliding_window=True, sliding_window=64, max_window_layers=0,
+          layer_types=["full_attention", "sliding_attention"]), "layers \\[1\\]"),  # layer_types wins
+    (dict(use_sliding_window=True, sliding_window=64, max_window_layers=0,
+          layer_types=["full_attention", "full_attention"]), None),
+])
+@pytest.mark.parametrize("model_type", ["qwen2", "qwen3"])
+def test_sliding_window_is_refused_where_it_would_apply(model_type, window, refused):
+    base = dict(model_type=model_type, vocab_size=96, hidden_size=48, intermediate_size=80, num_hidden_layers=2,
+                num_attention_heads=4, num_key_value_heads=2, **window)
+    if refused is None:
+        config_from_hf(base)
+    else:
+        with pytest.raises(ValueError, match="use_sliding_window=True with sliding_window=64 .*" + refused):
+            config_from_hf(base)
+
+
 def test_model_config_is_gin_configurable():
     with gin.unlock_config():
         gin.parse_config("ModelConfig.num_layers = 3")
@@ -114,7 +155,7 @@ def test_constructor_with_rngs_runs():
 
 
 def test_params_carry_logical_axis_names():
-    cfg = ModelConfig(**{**SMALL, "qkv_bias": True, "qk_norm": True, "model_type": "qwen3"})
+    cfg = ModelConfig(**{**SMALL, "qkv_bias": True, "o_proj_bias": True, "qk_norm": True, "model_type": "qwen3"})
     abstract = nnx.eval_shape(lambda: CausalLM(cfg, rngs=nnx.Rngs(0)))
     specs = nnx.get_partition_spec(nnx.state(abstract, nnx.Param))
     flat = {"/".join(map(str, p)): v.get_value() for p, v in nnx.to_flat_state(specs)}
@@ -124,6 +165,7 @@ def test_params_carry_logical_axis_names():
     assert flat["layers/1/attn/k_proj/kernel"] == P("embed", "kv_heads", "kv")
     assert flat["layers/0/attn/o_proj/kernel"] == P("heads", "kv", "embed")
     assert flat["layers/0/attn/q_proj/bias"] == P("heads", "kv")
+    assert flat["layers/0/attn/o_proj/bias"] == P("embed")
     assert flat["layers/0/attn/q_norm/scale"] == P("kv")
     assert flat["layers/0/mlp/down_proj/kernel"] == P("mlp", "embed")
     assert flat["layers/0/mlp/gate_proj/kernel"] == P("embed", "mlp")
@@ -212,7 +254,7 @@ def test_positions_argument_is_used():
 
 
 def test_chunked_prefill_with_cache_equals_full_forward():
-    model = make(qkv_bias=True)
+    model = make(qkv_bias=True, o_proj_bias=True)
     ids = rand_ids((2, 12), seed=3)
     full = logits_of(model, ids)
     cache = model.init_cache(2, 16)

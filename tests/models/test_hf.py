@@ -41,6 +41,8 @@ def tokenizer():
                                            "high_freq_factor": 4.0, "original_max_position_embeddings": 64}),
     dict(model_type="qwen2", qkv_bias=True, tie_word_embeddings=True),
     dict(model_type="qwen3", qk_norm=True, head_dim=16),
+    dict(model_type="llama", qkv_bias=True, o_proj_bias=True),  # attention_bias=True
+    dict(model_type="qwen3", qk_norm=True, qkv_bias=True, o_proj_bias=True),
 ])
 def test_round_trip_is_bit_exact(tmp_path, family, tokenizer):
     cfg = ModelConfig(**{**CFG, **family}, eos_token_ids=(2, 0))
@@ -50,6 +52,8 @@ def test_round_trip_is_bit_exact(tmp_path, family, tokenizer):
     names = set(load_file(str(tmp_path / "model.safetensors")))
     assert ("lm_head.weight" in names) == (not cfg.tie_word_embeddings)
     assert "model.layers.1.self_attn.o_proj.weight" in names
+    assert ("model.layers.1.self_attn.o_proj.bias" in names) == cfg.o_proj_bias
+    assert ("model.layers.1.self_attn.k_proj.bias" in names) == cfg.qkv_bias
     loaded, tok = load_pretrained(tmp_path)
     assert loaded.cfg == cfg
     assert_same_params(model, loaded)
@@ -221,6 +225,17 @@ def test_error_missing_tensor_and_warning_for_extra(tmp_path):
     w["model.extra.weight"] = np.zeros(3, np.float32)
     save_file(w, str(folder / "model.safetensors"))
     with pytest.warns(UserWarning, match=r"ignoring 1 tensors.*model\.extra\.weight"):
+        load_pretrained(folder, load_tokenizer=False)
+
+
+def test_error_for_a_bias_the_config_has_no_place_for(tmp_path):
+    """An o_proj bias with attention_bias=false in config.json would be dropped: refuse, don't warn."""
+    folder = _saved(tmp_path)
+    w = load_file(str(folder / "model.safetensors"))
+    w["model.layers.1.self_attn.o_proj.bias"] = np.ones(32, np.float32)
+    save_file(w, str(folder / "model.safetensors"))
+    with pytest.raises(ValueError, match=r"has tensors model\.layers\.1\.self_attn\.o_proj\.bias .*"
+                                         r"attention_bias"):
         load_pretrained(folder, load_tokenizer=False)
 
 

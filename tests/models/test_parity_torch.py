@@ -27,6 +27,9 @@ FAMILIES = {
                                    "original_max_position_embeddings": 16}),
     "qwen2": lambda: transformers.Qwen2Config(**COMMON, tie_word_embeddings=True),
     "qwen3": lambda: transformers.Qwen3Config(**COMMON, head_dim=32),
+    # attention_bias=True: biases on q, k, v and o_proj (issue 19, point 10: o_proj's used to be dropped).
+    "llama_bias": lambda: transformers.LlamaConfig(**COMMON, attention_bias=True),
+    "qwen3_bias": lambda: transformers.Qwen3Config(**COMMON, head_dim=32, attention_bias=True),
 }
 
 
@@ -53,10 +56,14 @@ def pair(request, tmp_path_factory):
 def test_config_is_read_as_intended(pair):
     tm, ours, _ = pair
     mt = tm.config.model_type
+    biased = bool(getattr(tm.config, "attention_bias", False))
     assert ours.cfg.model_type == mt
-    assert ours.cfg.qkv_bias == (mt == "qwen2") and ours.cfg.qk_norm == (mt == "qwen3")
+    assert ours.cfg.qkv_bias == (mt == "qwen2" or biased) and ours.cfg.qk_norm == (mt == "qwen3")
+    assert ours.cfg.o_proj_bias == biased
     assert ours.cfg.tie_word_embeddings == (mt == "qwen2")
-    assert ours.cfg.rope_type == ("llama3" if mt == "llama" else "default")
+    assert ours.cfg.rope_type == ("llama3" if mt == "llama" and not biased else "default")
+    # As many weights as transformers' model (nothing dropped, e.g. o_proj.bias when biased).
+    assert ours.cfg.num_params() == sum(p.numel() for p in tm.parameters())
 
 
 def test_logits_match_torch(pair):
@@ -117,6 +124,31 @@ def test_transformers_loads_what_we_save(pair, tmp_path):
     for (n1, p1), (n2, p2) in zip(tm.state_dict().items(), back.state_dict().items()):
         assert n1 == n2
         assert torch.equal(p1, p2), n1
+
+
+@pytest.mark.parametrize("family", ["qwen2", "qwen3"])
+def test_sliding_window_refused_only_where_transformers_applies_it(family, tmp_path):
+    """use_sliding_window=True is refused when a layer would be windowed, loaded when none is."""
+    make = {"qwen2": transformers.Qwen2Config, "qwen3": transformers.Qwen3Config}[family]
+    ids = torch.tensor(np.random.RandomState(3).randint(0, V, (1, 24)))
+    windowed = {}
+    for max_window_layers in (2, 1):  # 2 = all layers full attention; 1 = layer 1 windowed
+        torch.manual_seed(0)
+        cfg = make(**COMMON, use_sliding_window=True, sliding_window=4, max_window_layers=max_window_layers)
+        tm = transformers.AutoModelForCausalLM.from_config(cfg).eval()
+        folder = tmp_path / f"w{max_window_layers}"
+        tm.save_pretrained(folder)
+        with torch.no_grad():
+            windowed[max_window_layers] = tm(ids).logits.numpy()
+        if max_window_layers == 2:
+            ours, _ = load_pretrained(folder, load_tokenizer=False)
+            out = np.asarray(_logits(ours, jnp.asarray(ids.numpy(), jnp.int32), jnp.ones(ids.shape, bool)))
+            np.testing.assert_allclose(out, windowed[2], atol=1e-4, rtol=1e-4)
+        else:
+            with pytest.raises(ValueError, match=r"use_sliding_window=True with sliding_window=4 .*layers \[1\]"):
+                load_pretrained(folder, load_tokenizer=False)
+    # The refusal is needed: the window changes transformers' outputs (same weights, seeded alike).
+    assert np.abs(windowed[1] - windowed[2]).max() > 1e-2
 
 
 # ---------------------------------------------------------------- the real model
