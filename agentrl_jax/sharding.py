@@ -245,6 +245,12 @@ def shard_batch(batch: Any, shardings: TrainShardings, accum_steps: int = 1, pro
     """
     sh = batch_sharding(shardings.mesh, shardings.rules, accum=accum_steps > 1)
     if process_local:
+        problem = process_local_batch_problem(
+            {d: d.process_index for d in shardings.mesh.devices.flat},
+            batch_sharding(shardings.mesh, shardings.rules).devices_indices_map((batch_divisor(shardings.mesh,
+                                                                                             shardings.rules),)))
+        if problem:
+            raise ValueError(f"shard_batch(process_local=True): {problem}")
         return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sh, np.asarray(x)), batch)
 
     def put(x):
@@ -252,6 +258,34 @@ def shard_batch(batch: Any, shardings: TrainShardings, accum_steps: int = 1, pro
         return jax.make_array_from_callback(x.shape, sh, lambda idx: x[idx])
 
     return jax.tree.map(put, batch)
+
+
+def process_local_batch_problem(process_of: Mapping[Any, int], rows_of: Mapping[Any, Any]) -> Optional[str]:
+    """Why per-process batches cannot be stitched into one global batch, or None when they can.
+
+    process_of: device -> process index; rows_of: device -> its index (slices) into the batch dim, for a
+    batch of one row per batch shard. Each process passes its own rows, so the processes must hold disjoint
+    sets of batch shards, the same number each. When the batch axes do not span the processes (e.g. mesh
+    (1, 1, 8) over 2 hosts: the batch is replicated on every device), every process would claim the whole
+    batch and JAX would silently keep one process's half.
+    """
+    shards: dict = {}
+    for d, idx in rows_of.items():
+        start = idx[0].start or 0
+        shards.setdefault(process_of[d], set()).add(start)
+    procs = sorted(shards)
+    if len(procs) <= 1:
+        return None
+    for i, a in enumerate(procs):
+        for b in procs[i + 1:]:
+            if shards[a] & shards[b]:
+                return (f"processes {a} and {b} hold the same batch rows, so rows passed by one process would "
+                        "silently replace the other's. Put the `batch` logical axis on mesh axes that span the "
+                        "processes (e.g. make_mesh.fsdp or make_mesh.data across hosts), or give every process "
+                        "the same global batch and use process_local=False.")
+    if len({len(v) for v in shards.values()}) != 1:
+        return "processes hold unequal numbers of batch shards; use a mesh whose batch axes split evenly over hosts."
+    return None
 
 
 # --------------------------------------------------------------------------------------------- train step

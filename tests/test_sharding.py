@@ -151,3 +151,18 @@ def test_gin_rules_override_reaches_create_sharded():
         assert params["embed"]["embedding"].get_value().sharding.spec == P(None, None)  # no longer on fsdp
     finally:
         gin.clear_config()
+
+
+def test_process_local_batches_must_come_from_disjoint_batch_shards():
+    """2 hosts x 4 devices: a batch sharded over all 8 (fsdp) stitches; on mesh (1, 1, 8) the batch is
+    replicated, each host would pass 'its half' of one shared batch and JAX would keep only one: refused."""
+    devices = jax.devices()
+    process_of = {d: i // 4 for i, d in enumerate(devices)}  # as if devices 0-3 were host 0, 4-7 host 1
+    rules = sharding.logical_rules()
+    for shape, ok in (((1, 8, 1), True), ((2, 4, 1), True), ((1, 1, 8), False), ((1, 2, 4), True)):
+        mesh = sharding.make_mesh(*shape)
+        rows = sharding.batch_sharding(mesh, rules).devices_indices_map((sharding.batch_divisor(mesh, rules),))
+        problem = sharding.process_local_batch_problem(process_of, rows)
+        assert (problem is None) == ok, (shape, problem)
+    assert "span the processes" in sharding.process_local_batch_problem(
+        process_of, sharding.batch_sharding(sharding.make_mesh(1, 1, 8), rules).devices_indices_map((1,)))
