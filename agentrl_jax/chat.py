@@ -295,16 +295,21 @@ def chat_format(tokenizer, thinking: bool = True) -> ChatFormat:
 _TAG = re.compile(r"</?(?:think|action)>")
 
 
-def parse_action_text(text: str, thinking: bool) -> tuple[Optional[str], bool]:
+def parse_action_text(text: str, thinking: bool, *, stopped: bool = True) -> tuple[Optional[str], bool]:
     """Extract the action from a model answer in the study's format.
 
     thinking=True: the answer must be `<think>...</think>` followed by `<action>...</action>`.
     thinking=False: the answer must be `<action>...</action>` alone.
     Only whitespace may surround the blocks, each tag appears exactly once, and the action must be non-empty.
+    stopped: whether generation ended on a stop token. An answer cut off at max_new_tokens is malformed even
+    when it holds a complete action block: one rule for every rollout mode (the on-device id parser,
+    `SokobanPrompter.parse_response`, applies the same), so the same tokens always get the same reward.
     Returns (stripped action, True) when well formed, else (None, False).
     """
     if not isinstance(text, str):
         raise ValueError(f"parse_action_text expects decoded text (str), got {type(text).__name__}")
+    if not stopped:
+        return None, False
     tags = _TAG.findall(text)
     want = ["<think>", "</think>", "<action>", "</action>"] if thinking else ["<action>", "</action>"]
     if tags != want:

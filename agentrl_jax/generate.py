@@ -71,13 +71,15 @@ class GenerationConfig:
 class GenerationResult:
     """tokens int32 [B, N] (pad_id after a stop); logprobs float32 [B, N] (0 after a stop);
     lengths int32 [B] (generated tokens incl. the stop token); stopped bool [B] (hit a stop id);
-    cache: the KV cache holding prompt + generated tokens."""
+    cache: the KV cache holding prompt + generated tokens; steps: int32 [] decode-loop iterations run (the
+    longest live row's length: rows that stopped or were inactive do not keep the loop going)."""
 
     tokens: jax.Array
     logprobs: jax.Array
     lengths: jax.Array
     stopped: jax.Array
     cache: KVCache
+    steps: jax.Array
 
 
 def filter_logits(logits: jax.Array, temperature: float, top_k: int = 0, top_p: float = 1.0) -> jax.Array:
@@ -166,8 +168,11 @@ def decode_fn(graphdef, state, logits: jax.Array, cache: KVCache, key: jax.Array
         jnp.full((b, n), config.pad_id, jnp.int32), jnp.zeros((b, n), jnp.float32),
         jnp.zeros((b,), bool) if active is None else ~active.astype(bool), jnp.zeros((b,), jnp.int32),
     )
-    _, cache, _, tokens, logprobs, done, lengths = jax.lax.while_loop(cond, body, init)
-    return GenerationResult(tokens=tokens, logprobs=logprobs, lengths=lengths, stopped=done, cache=cache)
+    steps, cache, _, tokens, logprobs, done, lengths = jax.lax.while_loop(cond, body, init)
+    # An inactive row starts "done" but did not stop on a stop id.
+    stopped = done if active is None else done & active.astype(bool)
+    return GenerationResult(tokens=tokens, logprobs=logprobs, lengths=lengths, stopped=stopped, cache=cache,
+                            steps=steps)
 
 
 def generate_fn(graphdef, state, prompt_ids: jax.Array, prompt_mask: Optional[jax.Array], cache: KVCache,
@@ -230,6 +235,38 @@ def generate_jit(graphdef, state, prompt_ids: jax.Array, prompt_mask: Optional[j
     return decode(graphdef, state, logits, cache, key, config, active)
 
 
+def compact_cache_fn(cache: KVCache, keep: jax.Array) -> KVCache:
+    """Free every slot of `cache` that holds no real token of a kept row (chunk padding, finished rows).
+
+    keep: bool [B]. Each kept row's real slots move to the front, in order; the other rows lose theirs; the
+    write index becomes the longest kept row's real count. Generation continues exactly as before: keys are
+    stored with RoPE already applied at their row's own positions (which go on from `lengths`), and a new
+    query attends to every valid slot before it whatever the slot numbers.
+    """
+    mask = cache.mask & keep.astype(bool)[:, None]
+    order = jnp.argsort((~mask).astype(jnp.int8), axis=1, stable=True)  # real slots first, order kept
+
+    def move(x):  # [B, KV, S, hd]
+        return jnp.take_along_axis(x, order[:, None, :, None], axis=2)
+
+    return cache.replace(k=tuple(move(k) for k in cache.k), v=tuple(move(v) for v in cache.v),
+                         mask=jnp.take_along_axis(mask, order, axis=1),
+                         index=jnp.max(jnp.sum(mask, axis=1, dtype=jnp.int32)))
+
+
+compact_cache = jax.jit(compact_cache_fn, donate_argnames=("cache",))
+
+
+def grow_cache(cache: KVCache, max_length: int) -> KVCache:
+    """The same cache with empty slots appended up to `max_length` (a new cache shape: a new compile)."""
+    extra = int(max_length) - cache.max_length
+    if extra < 0:
+        raise ValueError(f"grow_cache cannot shrink a cache of {cache.max_length} slots to {max_length}")
+    kv = lambda x: jnp.pad(x, ((0, 0), (0, 0), (0, extra), (0, 0)))  # noqa: E731
+    return cache.replace(k=tuple(map(kv, cache.k)), v=tuple(map(kv, cache.v)),
+                         mask=jnp.pad(cache.mask, ((0, 0), (0, extra))))
+
+
 def _check_room(cache: KVCache, chunk_len: int, config: GenerationConfig) -> None:
     try:
         used = int(cache.index)
@@ -243,15 +280,16 @@ def _check_room(cache: KVCache, chunk_len: int, config: GenerationConfig) -> Non
         )
 
 
-@gin.configurable(denylist=["model", "prompt_ids", "prompt_mask", "cache", "key"])
+@gin.configurable(denylist=["model", "prompt_ids", "prompt_mask", "cache", "key", "active"])
 def generate(model: CausalLM, prompt_ids, prompt_mask=None, *, cache: Optional[KVCache] = None,
              key: Optional[jax.Array] = None, config: Optional[GenerationConfig] = None,
-             cache_length: Optional[int] = None) -> GenerationResult:
+             cache_length: Optional[int] = None, active=None) -> GenerationResult:
     """Jitted generation for an NNX model.
 
     prompt_ids [B, P] (left-padded; see `pad_batch`), prompt_mask [B, P] (None = all real). Without `cache`
     a fresh one of `cache_length` slots (default P + max_new_tokens) is made. The passed cache is donated:
     use the returned `result.cache` afterwards. key: PRNG key for sampling (unused when greedy).
+    active: optional bool [B]; inactive rows generate nothing and cost no decode steps (see `generate_fn`).
     """
     config = config or GenerationConfig()
     prompt_ids = jnp.asarray(prompt_ids, jnp.int32)
@@ -270,8 +308,12 @@ def generate(model: CausalLM, prompt_ids, prompt_mask=None, *, cache: Optional[K
         if config.temperature > 0:
             raise ValueError("sampling with temperature > 0 needs a PRNG key: pass key=jax.random.key(seed)")
         key = jax.random.key(0)
+    if active is not None:
+        active = jnp.asarray(active, bool)
+        if active.shape != (prompt_ids.shape[0],):
+            raise ValueError(f"active must be a bool [batch] = [{prompt_ids.shape[0]}] mask, got shape {active.shape}")
     graphdef, state = nnx.split(model)
-    return generate_jit(graphdef, state, prompt_ids, prompt_mask, cache, key, config)
+    return generate_jit(graphdef, state, prompt_ids, prompt_mask, cache, key, config, active)
 
 
 def continue_generation(model: CausalLM, chunk_ids, chunk_mask, cache: KVCache, *, key=None,

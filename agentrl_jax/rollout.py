@@ -9,10 +9,12 @@ training sample with a freshly built prompt):
   soon as every episode is done, and finished episodes' rows are masked out of generation.
 * `host_rollout`: a Python loop for text environments (an `envs.pool.EnvPool`, or the Sokoban env stepped
   from the host for comparison). Prompts are tokenized on the host, generation is the same jitted program,
-  finished episodes are compacted away so they stop costing generation compute.
+  finished episodes are compacted away and the batch bucket's padding rows are inactive, so neither costs
+  generation compute.
 
 Answers that do not parse get `invalid_penalty` (the study: -0.1) and do not step the env; the turn still
-counts toward the step limit.
+counts toward the step limit. An answer cut off at max_new_tokens (no stop token) is malformed in both
+drivers, even when it holds a complete action block.
 """
 from __future__ import annotations
 
@@ -158,15 +160,19 @@ class HostTask(Protocol):
     def prompt_ids(self, episode: int) -> List[int]:
         """The full chat-templated prompt ids for this episode's current turn."""
 
-    def step(self, episodes: Sequence[int], answers: Sequence[str]) -> List[Tuple[float, bool, bool, bool, int]]:
-        """Apply the answers; per episode (reward, done, success, invalid, action id or -1)."""
+    def step(self, episodes: Sequence[int], answers: Sequence[str], stopped: Sequence[bool]
+             ) -> List[Tuple[float, bool, bool, bool, int]]:
+        """Apply the answers; per episode (reward, done, success, invalid, action id or -1). stopped[j]: the
+        answer ended on a stop token; one cut off at max_new_tokens is invalid (`parse_action_text`)."""
 
 
 def host_rollout(graphdef, params, task: HostTask, config: gen.GenerationConfig, key: jax.Array, tokenizer,
                  max_prompt_tokens: int, invalid_penalty: float = -0.1, batch_buckets: Sequence[int] = (),
                  timings: Optional[Dict[str, float]] = None) -> Tuple[StepBatch, EpisodeStats]:
     """Drive `task` turn by turn from Python. Only unfinished episodes are generated for (compacted into a
-    batch bucket), so finished ones stop costing compute. Returns numpy `StepBatch` / `EpisodeStats`."""
+    batch bucket whose padding rows are inactive), so finished ones stop costing compute. Returns numpy
+    `StepBatch` / `EpisodeStats`. timings (if given) accumulates "generate" and "env" seconds and
+    "decode_steps" (decode-loop iterations, summed over turns)."""
     e, t_max = task.num_episodes, task.max_turns
     p, n = max_prompt_tokens, config.max_new_tokens
     out = {
@@ -194,16 +200,19 @@ def host_rollout(graphdef, params, task: HostTask, config: gen.GenerationConfig,
             kept = r[-p:]
             ids[j, p - len(kept):], mask[j, p - len(kept):] = kept, 1
             out["prompt_truncated"][active[j], t] = len(r) > p
+        row_active = jnp.arange(bsz) < active.size  # the bucket's padding rows must not keep the loop going
         res = gen.generate_jit(graphdef, params, jnp.asarray(ids), jnp.asarray(mask),
-                               _policy_cache(graphdef, params, bsz, p + n), jax.random.fold_in(key, t), config)
+                               _policy_cache(graphdef, params, bsz, p + n), jax.random.fold_in(key, t), config,
+                               row_active)
         tokens, lps = np.asarray(res.tokens), np.asarray(res.logprobs)
         lengths, stopped = np.asarray(res.lengths), np.asarray(res.stopped)
         t1 = time.perf_counter()
         answers = [_answer_text(tokenizer, tokens[j, : lengths[j]], stopped[j]) for j in range(active.size)]
-        results = task.step(active.tolist(), answers)
+        results = task.step(active.tolist(), answers, stopped[: active.size].tolist())
         t2 = time.perf_counter()
         timings["generate"] = timings.get("generate", 0.0) + (t1 - t0)
         timings["env"] = timings.get("env", 0.0) + (t2 - t1)
+        timings["decode_steps"] = timings.get("decode_steps", 0) + int(res.steps)
         for j, i in enumerate(active):
             reward, ep_done, ep_success, bad, action = results[j]
             out["prompt_ids"][i, t], out["prompt_mask"][i, t] = ids[j], mask[j]
@@ -255,10 +264,10 @@ class SokobanHostTask:
         prefix, suffix = prompt_parts(self.prompter.dim, self.prompter.thinking, self.prompter.prompt_style)
         return (prefix if t == 0 else "") + step_intro(t, self.prompter.prompt_style) + obs + suffix
 
-    def step(self, episodes, answers):
+    def step(self, episodes, answers, stopped):
         out = []
-        for i, text in zip(episodes, answers):
-            action = self.prompter.host_parse(text)
+        for i, text, complete in zip(episodes, answers, stopped):
+            action = self.prompter.host_parse(text, complete)
             self.prev[i], self.prev_action[i] = self.states[i], action
             self.turn[i] += 1
             if action < 0:
@@ -301,8 +310,8 @@ class PoolTask:
         actions = f"\nYour admissible actions are {format_admissible(ts.admissible_actions)}." if ts.admissible_actions else ""
         return f"Step {turn + 1}. Observation: {ts.observation}{actions}\n" + answer_format(self.chat.thinking)
 
-    def step(self, episodes, answers):
-        parsed = [self._parse(a, self.chat.thinking) for a in answers]
+    def step(self, episodes, answers, stopped):
+        parsed = [self._parse(a, self.chat.thinking, stopped=bool(s)) for a, s in zip(answers, stopped)]
         todo = [(i, act) for i, (act, ok) in zip(episodes, parsed) if ok]
         results = dict(zip([i for i, _ in todo], self.pool.step([self.env_ids[i] for i, _ in todo],
                                                                 [a for _, a in todo]))) if todo else {}
@@ -329,7 +338,8 @@ class ConversationBatch:
     own generated ids (kept exactly as sampled) and the next user turn's ids appended after them.
     loss_mask: int32 [E, L], 1 exactly on the ids the policy generated. logprobs: float32 [E, L], sampling
     log-probabilities at those positions. reward/valid/invalid: [E, T] per turn, as in `StepBatch`.
-    context_truncated: bool [E], the episode stopped because the token budget ran out.
+    context_truncated: bool [E], the episode stopped because its real tokens (buffer + a full answer) would
+    no longer fit `max_total_tokens`.
     """
 
     ids: Any
@@ -343,6 +353,26 @@ class ConversationBatch:
     context_truncated: Any
 
 
+def _make_room(cache, active: np.ndarray, longest: int, n: int):
+    """(cache, chunk width) with room for a chunk of `longest` real tokens and `n` answer tokens.
+
+    All rows share the cache's write index, which moves by the padded chunk width and the longest answer, so
+    it runs ahead of every row's real tokens. When it would pass the end: first the cache is compacted
+    (padding and finished rows' slots freed; results unchanged), then the chunk is padded exactly instead of
+    to a power of two (one more compile), and only then does the cache grow, which rows whose histories and
+    new chunks differ in length can need (the longest history beside the longest chunk).
+    """
+    width = gen.bucket_length(longest, min_size=16)  # few distinct widths: few compiles
+    if int(cache.index) + width + n > cache.max_length:
+        cache = gen.compact_cache(cache, jnp.asarray(active))
+    if int(cache.index) + width + n > cache.max_length:
+        width = longest
+    need = int(cache.index) + width + n
+    if need > cache.max_length:
+        cache = gen.grow_cache(cache, gen.bucket_length(need, multiple=64))
+    return cache, width
+
+
 def host_conversation_rollout(graphdef, params, task, chat, config: gen.GenerationConfig, key: jax.Array,
                               tokenizer, max_total_tokens: int, invalid_penalty: float = -0.1,
                               timings: Optional[Dict[str, float]] = None) -> Tuple[ConversationBatch, EpisodeStats]:
@@ -352,6 +382,9 @@ def host_conversation_rollout(graphdef, params, task, chat, config: gen.Generati
     (`chat.next_turn_ids`: end of the assistant turn, the new user turn, the generation prompt) to the cache
     and continues; history is never re-tokenized, because chat templates are not prefix-stable. `task` must
     offer `conversation_content(episode) -> str` (the next user message) and `step(...)` as `HostTask`.
+    max_total_tokens: each episode's budget of real tokens; an episode ends context-truncated before a turn
+    whose buffer plus a full answer (max_new_tokens) would exceed it, whatever the others do. The cache starts
+    with that many slots (see `_make_room` for when it needs more).
     """
     e, t_max = task.num_episodes, task.max_turns
     n = config.max_new_tokens
@@ -371,14 +404,14 @@ def host_conversation_rollout(graphdef, params, task, chat, config: gen.Generati
     chunks = [list(b) for b in buffers]
     last_generated: List[List[int]] = [[] for _ in range(e)]
     for t in range(t_max):
+        # Truncation counts real tokens only (the buffer holds the pending chunk already), never cache slots.
+        over = ~done & (np.asarray([len(b) for b in buffers]) + n > max_total_tokens)
+        ctx_trunc |= over
+        done |= over
         active = ~done
         if not active.any():
             break
-        width = max(len(chunks[i]) for i in np.flatnonzero(active))
-        width = gen.bucket_length(width, min_size=16)
-        if int(cache.index) + width + n > max_total_tokens:
-            ctx_trunc |= active
-            break
+        cache, width = _make_room(cache, active, max(len(chunks[i]) for i in np.flatnonzero(active)), n)
         t0 = time.perf_counter()
         ids = np.full((e, width), config.pad_id, np.int32)
         mask = np.zeros((e, width), np.int32)
@@ -399,7 +432,7 @@ def host_conversation_rollout(graphdef, params, task, chat, config: gen.Generati
             loss[i] += [1] * len(out)
             lps[i] += lp[i, : lengths[i]].tolist()
             answers.append(_answer_text(tokenizer, out, stopped[i]))
-        results = task.step(idx.tolist(), answers)
+        results = task.step(idx.tolist(), answers, stopped[idx].tolist())
         t2 = time.perf_counter()
         timings["generate"] = timings.get("generate", 0.0) + (t1 - t0)
         timings["env"] = timings.get("env", 0.0) + (t2 - t1)

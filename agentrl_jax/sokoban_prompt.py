@@ -220,9 +220,10 @@ class SokobanPrompter:
         action = jnp.asarray(self.variant_action)[jnp.argmax(match)]
         return jnp.where(ok & jnp.any(match), action, -1).astype(jnp.int32)
 
-    def host_parse(self, text: str) -> int:
-        """The reference parser on decoded text (what the host rollout uses)."""
+    def host_parse(self, text: str, stopped: bool = True) -> int:
+        """The reference parser on decoded text (what the host rollout uses); `stopped` False (cut off at
+        max_new_tokens) is malformed, as in `parse_response`."""
         from agentrl_jax.chat import parse_action_text  # noqa: PLC0415
 
-        action, ok = parse_action_text(text, self.thinking)
+        action, ok = parse_action_text(text, self.thinking, stopped=stopped)
         return sk.parse_action(action) if ok else -1

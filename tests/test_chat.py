@@ -186,3 +186,10 @@ def test_parse_action_text(text, thinking, expected):
 def test_parse_action_text_rejects_ids():
     with pytest.raises(ValueError, match="decoded text"):
         parse_action_text([1, 2, 3], True)
+
+
+@pytest.mark.parametrize("text,thinking", [("<action>up</action>", False),
+                                           ("<think>box left</think><action>left</action>", True)])
+def test_an_answer_cut_off_before_its_stop_token_is_malformed(text, thinking):
+    assert parse_action_text(text, thinking)[1]
+    assert parse_action_text(text, thinking, stopped=False) == (None, False)

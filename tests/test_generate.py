@@ -133,6 +133,51 @@ def test_loop_stops_when_every_row_is_done(model):
     assert int(res.cache.index) == ids.shape[1] + 1
 
 
+def test_inactive_rows_generate_nothing_and_cost_no_decode_steps(model, greedy_run):
+    ps, res = greedy_run
+    outs = unpad(res)
+    stop = outs[0][3]
+    n0 = outs[0].index(stop) + 1
+    cfg = dataclasses.replace(GREEDY, stop_ids=(stop,), pad_id=1)
+    ids, mask = pad_batch(ps)
+    live = generate(model, ids, mask, config=cfg)
+    assert int(live.steps) == int(np.max(live.lengths)) > n0  # all rows live: the loop waits for the longest
+    only0 = generate(model, ids, mask, config=cfg, active=[True, False, False])
+    # The loop ends with the one active row; the others produce only pad tokens, logprob 0, length 0.
+    assert int(only0.steps) == n0 and int(only0.cache.index) == ids.shape[1] + n0
+    np.testing.assert_array_equal(only0.tokens[0, :n0], outs[0][:n0])
+    np.testing.assert_array_equal(only0.lengths, [n0, 0, 0])
+    np.testing.assert_array_equal(only0.stopped, [True, False, False])
+    np.testing.assert_array_equal(only0.tokens[1:], 1)
+    np.testing.assert_array_equal(only0.logprobs[1:], 0.0)
+    with pytest.raises(ValueError, match="active must be"):
+        generate(model, ids, mask, config=cfg, active=[True, False])
+
+
+def test_compacted_or_grown_cache_continues_exactly(model):
+    """Compaction frees padding and dropped rows' slots, growing adds slots; neither changes what the kept
+    rows generate next."""
+    cfg = GenerationConfig(max_new_tokens=5, temperature=0.0)
+    ps = prompts(6, lengths=(3, 9, 5))
+    ids, mask = pad_batch(ps, length=16)
+    turn1 = generate(model, ids, mask, config=cfg, cache_length=48)
+    cids, cmask = pad_batch(prompts(7, lengths=(4, 2, 6)), length=16)
+    copies = [jax.tree.map(jnp.copy, turn1.cache) for _ in range(2)]
+    ref = continue_generation(model, cids, cmask, turn1.cache, config=cfg)
+    compact = gen.compact_cache(copies[0], jnp.asarray([True, True, False]))
+    real = [len(p) + 5 for p in ps]
+    assert int(compact.index) == max(real[:2]) < 16 + 5
+    np.testing.assert_array_equal(np.asarray(compact.mask).sum(1), real[:2] + [0])
+    res = continue_generation(model, cids, cmask, compact, config=cfg)
+    np.testing.assert_array_equal(res.tokens[:2], ref.tokens[:2])
+    np.testing.assert_allclose(res.logprobs[:2], ref.logprobs[:2], rtol=1e-5, atol=1e-5)
+    grown = gen.grow_cache(copies[1], 64)
+    assert grown.max_length == 64
+    res = continue_generation(model, cids, cmask, grown, config=cfg)
+    np.testing.assert_array_equal(res.tokens, ref.tokens)
+    np.testing.assert_allclose(res.logprobs, ref.logprobs, rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.slow
 def test_continuation_equals_fresh_prefill_of_the_history(model):
     ps = prompts(2)
