@@ -6,8 +6,11 @@ once with `save_pretrained` to a temp folder, and loaded from it by each side (o
 Same prompt (random ids, seed 0), greedy, no stop, for each batch size.
 
 Method (low noise, fair): every measurement runs in its OWN fresh subprocess (this script re-invoked with
-`--side ours|hf --batch B`, answering with one `RESULT {json}` line), so each side gets all cores with no other
-framework's thread pool in the process (torch matmuls ran 4-15x slower right after JAX work in one process).
+`--side ours|hf|hf_static --batch B`, answering with one `RESULT {json}` line), so each side gets all cores (or
+the `--cpus` it is pinned to) with no other framework's thread pool in the process (torch matmuls ran 4-15x
+slower right after JAX work in one process). On a machine that other jobs share, use `--cpus 1`: torch's OpenMP
+threads wait on each other at every kernel, so on 2 cores under a load of ~3 HF ran 4x slower with 2 threads
+than pinned to 1 core while ours ran 1.3x slower, a bias in our favour that interleaving cannot remove.
 For each batch size the runs interleave ours, hf, hf-static, ours, hf, hf-static, ... (`--repeats` rounds); the
 table shows medians.
 
@@ -32,6 +35,7 @@ the step time a 2x speedup over HF's best would need (the README has measured nu
     python benchmarks/generate.py --quick         # small model, for a smoke run
     python benchmarks/generate.py --tiny --batches 1,2 --new_tokens 4 --repeats 1   # ~1 min (process start-ups)
     python benchmarks/generate.py --new_tokens 128 --json out.json   # longer decode: roughly 3x the time
+    python benchmarks/generate.py --cpus 1 --batches 1,16        # on a shared machine: each side on one core
 """
 from __future__ import annotations
 
@@ -165,8 +169,19 @@ HF_SIDES = ("hf", "hf_static")  # the peer's rows; the speedup is against the be
 TIMED_SIDES = ("ours",) + HF_SIDES  # one round: each in its own fresh process, in this order
 
 
+def pin_to_cpus(n) -> list:
+    """Restrict this process to the first `n` of its allowed cores (None: leave it) before any framework starts
+    its thread pool (torch and XLA size theirs from the affinity); returns the cores it may use."""
+    cores = sorted(os.sched_getaffinity(0))
+    if n is not None:
+        cores = cores[:n]
+        os.sched_setaffinity(0, cores)
+    return cores
+
+
 def _child(args) -> None:
-    out = _SIDES[args.side](args)
+    cores = pin_to_cpus(args.cpus)
+    out = dict(_SIDES[args.side](args), cores=len(cores))
     print(_RESULT + json.dumps(out), flush=True)
 
 
@@ -177,7 +192,7 @@ def _spawn(args, side: str, folder: str, batch: int = 0, tokens_out: str = "") -
            "--batch", str(batch), "--tokens_out", tokens_out, "--new_tokens", str(args.new_tokens),
            "--prompt_len", str(args.prompt_len), "--vocab", str(args.vocab), "--hidden", str(args.hidden),
            "--layers", str(args.layers), "--heads", str(args.heads), "--kv_heads", str(args.kv_heads),
-           "--intermediate", str(args.intermediate)]
+           "--intermediate", str(args.intermediate)] + ([] if args.cpus is None else ["--cpus", str(args.cpus)])
     started = time.time()
     proc = subprocess.run(cmd, capture_output=True, text=True)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(_RESULT)]
@@ -204,6 +219,10 @@ def _parse(argv):
     p.add_argument("--repeats", type=int, default=3,
                    help="interleaved (ours, hf, hf_static) rounds per batch size, each side in a fresh process; "
                         "medians shown")
+    p.add_argument("--cpus", type=int, default=None,
+                   help="pin every side to the first N cores (default: all, as users run it). On a machine other "
+                        "jobs share, --cpus 1 keeps torch's OpenMP threads from stalling on descheduled peers "
+                        "(HF slowed 4x with 2 threads on 2 busy cores, ours 1.3x), which would flatter us")
     p.add_argument("--json", default=None, help="write results to this path")
     # Internal: one side of one measurement, run by the parent in a fresh process.
     p.add_argument("--side", choices=sorted(_SIDES), default=None, help=argparse.SUPPRESS)
@@ -227,6 +246,9 @@ def _parse(argv):
         p.error(f"--batches must be comma-separated integers like 1,16,64, got {args.batches!r}")
     if not args.batch_list or min(args.batch_list) < 1:
         p.error(f"--batches must be positive, got {args.batches!r}")
+    if args.cpus is not None and not 1 <= args.cpus <= len(os.sched_getaffinity(0)):
+        p.error(f"--cpus must be between 1 and the {len(os.sched_getaffinity(0))} cores this process may use, "
+                f"got {args.cpus}")
     for name in ("new_tokens", "prompt_len", "repeats", "hidden", "layers", "heads", "kv_heads", "vocab"):
         if getattr(args, name) < 1:
             p.error(f"--{name} must be >= 1, got {getattr(args, name)}")
@@ -252,6 +274,7 @@ def _round(args, folder: str, tmp: str, b: int, r: int, step_ms) -> dict:
     best_hf = min(HF_SIDES, key=lambda h: got[h]["seconds"])
     out = dict(repeat=r, ratio=got[best_hf]["seconds"] / o["seconds"], best_hf=best_hf,
                ours_compile_s=o["compile_s"], hf_threads=got["hf"]["threads"], device=o["device"], jax=o["jax"],
+               cores={side: x["cores"] for side, x in got.items()},
                same_tokens=min(float(np.mean(got[h]["tokens"] == o["tokens"])) for h in HF_SIDES))
     for side, x in got.items():
         out.update({f"{side}_tok_s": b * N / x["seconds"], f"{side}_step_ms": step_ms(x),
@@ -275,7 +298,8 @@ def main(argv=None):
         bw = _spawn(args, "bandwidth", folder)["read_gb_s"]
         print(f"model: {info['params'] / 1e6:.1f}M params (hidden {args.hidden}, {args.layers} layers, vocab "
               f"{args.vocab}); prompt {args.prompt_len}, new tokens {N}; torch {info['torch']}, transformers "
-              f"{info['transformers']}; {os.cpu_count()} CPUs; each side in a fresh process, interleaved, "
+              f"{info['transformers']}; {os.cpu_count()} CPUs, each side pinned to "
+              f"{'all' if args.cpus is None else args.cpus}; load {os.getloadavg()[0]:.1f}; each side in a fresh process, interleaved, "
               f"{args.repeats} repeat(s)", flush=True)
         for b in args.batch_list:
             runs = []

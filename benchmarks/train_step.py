@@ -68,6 +68,10 @@ def parse(argv=None):
                     help="also time the same model/step in HF transformers + torch, same device and dtype")
     ap.add_argument("--repeats", type=int, default=3,
                     help="with --peer: interleaved (jax, torch) rounds, each side in a fresh process")
+    ap.add_argument("--cpus", type=int, default=None,
+                    help="pin both sides to the first N cores (default: all). On a machine other jobs share, "
+                         "--cpus 1 keeps torch's OpenMP threads from stalling on descheduled peers, a bias "
+                         "in our favour (see benchmarks/generate.py)")
     ap.add_argument("--json", default=None, help="write results here")
     # Internal: one side in a fresh process, answering with one RESULT line.
     ap.add_argument("--side", choices=["probe", "jax", "torch"], default=None, help=argparse.SUPPRESS)
@@ -77,6 +81,9 @@ def parse(argv=None):
     for name in ("steps", "warmup", "repeats", "batch", "seq", "accum", "cpu_devices"):
         if getattr(a, name) < 1:
             ap.error(f"--{name} must be >= 1, got {getattr(a, name)}")
+    allowed = len(os.sched_getaffinity(0))
+    if a.cpus is not None and not 1 <= a.cpus <= allowed:
+        ap.error(f"--cpus must be between 1 and the {allowed} cores this process may use, got {a.cpus}")
     a.intermediate = a.intermediate or 4 * a.hidden
     if a.batch % a.accum:
         ap.error(f"--batch {a.batch} must be divisible by --accum {a.accum}")
@@ -321,7 +328,8 @@ def print_step_table(a, rows) -> None:
     if len(rows) > 1:
         print(f"peer: same device and dtype ({rows[1]['device']}, {rows[1]['dtype']}), each side in a fresh "
               f"process, {a.repeats} interleaved round(s); step ms = median over all rounds' steps; vs torch = "
-              f"median over rounds of torch step / ours; torch threads {rows[1]['threads']}")
+              f"median over rounds of torch step / ours; torch threads {rows[1]['threads']}; cores "
+              f"{len(os.sched_getaffinity(0))}; load {os.getloadavg()[0]:.1f}")
     print()
     hdr = (f"{'impl':<44} {'device':<16} {'devs':>4} {'params':>10} {'step ms':>9} {'tokens/s':>10} {'TFLOP/s':>8} "
            f"{'MFU':>7} {'vs torch':>8}")
@@ -337,6 +345,8 @@ def print_step_table(a, rows) -> None:
 def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
     a = parse(argv)
+    if a.cpus is not None:  # before any thread pool starts; child processes inherit it
+        os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[:a.cpus])
     if os.environ.get("JAX_PLATFORMS", "cpu") == "cpu" and "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
         os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={a.cpu_devices}").strip()
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

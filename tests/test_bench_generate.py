@@ -28,7 +28,7 @@ def test_tiny_run_interleaves_fresh_processes_and_writes_rows(tmp_path):
     out = tmp_path / "gen.json"
     batches, repeats, n = (2,), 2, 4
     proc = subprocess.run([sys.executable, SCRIPT, "--tiny", "--batches", ",".join(map(str, batches)),
-                           "--new_tokens", str(n), "--repeats", str(repeats), "--json", str(out)],
+                           "--new_tokens", str(n), "--repeats", str(repeats), "--cpus", "1", "--json", str(out)],
                           cwd=str(tmp_path), env=_env(), capture_output=True, text=True, timeout=580)
     print(proc.stdout)
     assert proc.returncode == 0, proc.stderr[-4000:]
@@ -65,7 +65,9 @@ def test_tiny_run_interleaves_fresh_processes_and_writes_rows(tmp_path):
             for h in ("hf", "hf_static"):
                 assert x[f"ratio_{h}"] == pytest.approx(x["ours_tok_s"] / x[f"{h}_tok_s"])
                 assert x["ratio"] <= x[f"ratio_{h}"] * (1 + 1e-9)
-            assert x["hf_threads"] >= 1 and all(x[f"{side}_load1"] >= 0 for side in sides)
+            assert all(x[f"{side}_load1"] >= 0 for side in sides)
+            # --cpus 1: every side pinned to one core, so torch sizes its thread pool to one
+            assert x["cores"] == {side: 1 for side in sides} and x["hf_threads"] == 1
         assert r["speedup"] == pytest.approx(statistics.median(x["ratio"] for x in runs))
         for h in ("hf", "hf_static"):
             assert r[f"speedup_vs_{h}"] == pytest.approx(statistics.median(x[f"ratio_{h}"] for x in runs))
@@ -87,6 +89,7 @@ def test_tiny_run_interleaves_fresh_processes_and_writes_rows(tmp_path):
     (["--batches", "0"], "--batches must be positive"),
     (["--repeats", "0"], "--repeats must be >= 1"),
     (["--tiny", "--quick"], "pick one of --quick and --tiny"),
+    (["--cpus", "0"], "--cpus must be between 1 and"),
     (["--hidden", "100", "--heads", "12"], "must divide by --heads"),
 ])
 def test_bad_flags_fail_fast_with_a_clear_message(flags, message):

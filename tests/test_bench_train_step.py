@@ -33,6 +33,7 @@ def test_peer_device_matches_ours_or_refuses_clearly(bench):
 @pytest.mark.parametrize("flags, message", [
     (["--batch", "6", "--accum", "4"], "must be divisible by --accum"),
     (["--repeats", "0"], "--repeats must be >= 1"),
+    (["--cpus", "0"], "--cpus must be between 1 and"),
 ])
 def test_bad_flags_fail_with_a_clear_message(bench, flags, message, capsys):
     with pytest.raises(SystemExit) as e:
@@ -50,7 +51,7 @@ def test_bf16_peer_run_is_same_device_and_dtype_interleaved(tmp_path):
     repeats = 2
     proc = subprocess.run([sys.executable, SCRIPT, "--peer", "torch", "--dtype", "bfloat16", "--repeats",
                            str(repeats), "--steps", "2", "--warmup", "1", "--vocab", "128", "--hidden", "32",
-                           "--layers", "1", "--seq", "8", "--batch", "2", "--cpu_devices", "1", "--mesh", "1,1,1",
+                           "--layers", "1", "--seq", "8", "--batch", "2", "--cpu_devices", "1", "--mesh", "1,1,1", "--cpus", "1",
                            "--json", str(out)], env=env, cwd=str(tmp_path), capture_output=True, text=True,
                           timeout=580)
     print(proc.stdout)
@@ -58,7 +59,7 @@ def test_bf16_peer_run_is_same_device_and_dtype_interleaved(tmp_path):
     ours, peer = json.loads(out.read_text())["results"]
     assert ours["device"].startswith("cpu") and peer["device"].startswith("cpu")
     assert ours["dtype"] == "fp32 weights, bf16 compute" and peer["dtype"] == "fp32 weights, bf16 autocast"
-    assert ours["params"] == peer["params"]
+    assert ours["params"] == peer["params"] and peer["threads"] == 1  # --cpus 1: torch sizes its pool to it
     # Interleaved fresh processes: jax_0 < torch_0 < jax_1 < torch_1.
     starts = [s for pair in zip(ours["round_started"], peer["round_started"]) for s in pair]
     assert len(starts) == 2 * repeats and starts == sorted(starts)
