@@ -7,10 +7,11 @@ study's prompt, a host text wrapper and an optimal BFS solver.
     state, ts = env.step(state, 3)                  # 0 up, 1 down, 2 left, 3 right
     env.render_text(state, style="coords")          # the text the LLM reads
     sk.solve(sk.level_from_state(state))            # shortest plan (action ids)
+    env.level_hash(key)                             # uint32[2] content hash of reset(key)'s level
 """
 from envs.sokoban.env import REWARDS, Sokoban, State, TimeStep, level_from_state
 from envs.sokoban.generator import SokobanGenerator, push_lower_bound
-from envs.sokoban.level import Level, cell_kinds, check_level
+from envs.sokoban.level import Level, cell_kinds, check_level, hash64, level_hash
 from envs.sokoban.prompt import ACTION_WORDS, build_prompt, current_step_text, parse_action, prompt_parts, step_intro
 from envs.sokoban.render import STYLES, TokenRenderer, render_text
 from envs.sokoban.solver import count_pushes, solve
@@ -32,7 +33,9 @@ __all__ = [
     "check_level",
     "count_pushes",
     "current_step_text",
+    "hash64",
     "level_from_state",
+    "level_hash",
     "parse_action",
     "prompt_parts",
     "push_lower_bound",

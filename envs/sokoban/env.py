@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from envs.sokoban.generator import SokobanGenerator
-from envs.sokoban.level import MOVES, Level, cell_kinds, check_level
+from envs.sokoban.level import MOVES, Level, cell_kinds, check_level, level_hash
 
 REWARDS = ("sparse", "shaped")
 SOLVED_REWARD = 10.0
@@ -135,6 +135,15 @@ class Sokoban:
         """A fresh generated level for `key` (same key, same level)."""
         key, gen_key = jax.random.split(key)
         return self._start(self.generator(gen_key), key)
+
+    def level(self, key: jax.Array) -> Level:
+        """The level `reset(key)` starts from, without the rest of the state (jit/vmap-able)."""
+        return self.generator(jax.random.split(key)[1])
+
+    def level_hash(self, key: jax.Array) -> jax.Array:
+        """uint32[2] content hash of the level `reset(key)` plays (see `envs.sokoban.level.level_hash`):
+        two keys with equal hashes give the same level, whatever their key streams."""
+        return level_hash(self.level(key))
 
     def reset_to_level(self, level: Level, key: Optional[jax.Array] = None) -> tuple[State, TimeStep]:
         """Start from a given level (hand-built, from `Level.from_strings`, or a solver test case).

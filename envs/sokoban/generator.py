@@ -61,7 +61,12 @@ class SokobanGenerator:
       room: "carve" (random-walk room topology) or "open" (the whole interior is floor).
       num_carve_steps: length of the carving walk; default 1.7 * 2 * dim, like gym-sokoban.
       turn_prob: chance the carving walk changes direction at each step.
-      pull_prob: chance a possible pull is taken during the backward walk (the first two moves always pull).
+      pull_prob: chance a possible pull is taken during the backward walk (the first `forced_pulls` moves
+        always pull).
+      forced_pulls: how many first backward moves keep the starting direction and pull (1 or 2). With 2 (the
+        default) the first goal and the player's side are drawn where two pulls in a line fit, which narrows
+        small rooms to few levels (an open 4x4 interior with 4 reverse steps: 80 distinct in 10,000; with 5 and
+        one forced pull: 536); 1 needs room for one pull only (one-push levels: 4,703 distinct vs 3,154).
       walk_turn_prob: chance the backward walk draws a new direction at each step (else it keeps going).
       num_walks: backward walks tried in parallel per attempt (the first one reaching min_pushes is kept).
       max_attempts: resampling cap per level; past it the last sample is kept and `generate` reports
@@ -79,6 +84,7 @@ class SokobanGenerator:
         turn_prob: float = 0.35,
         pull_prob: float = 0.9,
         walk_turn_prob: float = 0.5,
+        forced_pulls: int = 2,
         num_walks: int = 1,
         max_attempts: int = 256,
     ):
@@ -117,6 +123,9 @@ class SokobanGenerator:
                 raise ValueError(f"{name} must be a probability in [0, 1]; got {p!r}.")
         if min_pushes > 1 and pull_prob == 0.0:
             raise ValueError("pull_prob=0 moves a box only once, so min_pushes > 1 cannot be met; raise pull_prob.")
+        # 0 would start the walk away from the box: pulls become rare and sampling ~50x slower.
+        if forced_pulls not in (1, 2):
+            raise ValueError(f"forced_pulls must be 1 or 2; got {forced_pulls!r}.")
         if int(num_walks) != num_walks or num_walks < 1:
             raise ValueError(f"num_walks must be a positive integer; got {num_walks!r}.")
         if int(max_attempts) != max_attempts or max_attempts < 1:
@@ -130,6 +139,7 @@ class SokobanGenerator:
         self.turn_prob = float(turn_prob)
         self.pull_prob = float(pull_prob)
         self.walk_turn_prob = float(walk_turn_prob)
+        self.forced_pulls = int(forced_pulls)
         self.num_walks = int(num_walks)
         self.max_attempts = int(max_attempts)
 
@@ -176,8 +186,9 @@ class SokobanGenerator:
         k_room, k_place, k_side, k_walk = jax.random.split(key, 4)
         floor = self._carve(k_room).reshape(n)
 
-        # Distinct random floor cells: the nb goals, then the player. The first goal is drawn among cells
-        # with two (better three) free cells in a row beside them, where pulls can start, when there are any.
+        # Distinct random floor cells: the nb goals, then the player. With forced pulls, the first goal is
+        # drawn among cells with two (for two forced pulls, better three) free cells in a row beside them,
+        # where the pulls can start, when there are any.
         moves = jnp.asarray(self._flat_moves)
         idx = jnp.arange(n)
         beside = [jnp.clip(idx[:, None] + k * moves[None, :], 0, n - 1) for k in (1, 2, 3)]
@@ -186,7 +197,10 @@ class SokobanGenerator:
         pullable2 = floor & jnp.any(run2 & floor[beside[2]], axis=1)  # room for two pulls in a line
         u = jax.random.uniform(k_place, (n,))
         scores = jnp.where(floor, u, -2.0)
-        scores = scores.at[jnp.argmax(u + pullable + pullable2 - 2.0 * ~floor)].add(2.0)
+        bonus = pullable.astype(jnp.float32)  # a float sum: bool + bool would be a logical or
+        if self.forced_pulls >= 2:
+            bonus = bonus + pullable2
+        scores = scores.at[jnp.argmax(u + bonus - 2.0 * ~floor)].add(2.0)
         top, cells = jax.lax.top_k(scores, nb + 1)
         placed = top[-1] >= 0.0
         goals = cells[:nb]
@@ -199,7 +213,8 @@ class SokobanGenerator:
         side3 = jnp.clip(goals[0] + 3 * moves, 0, n - 1)
         usable = floor[side1] & ~targets[side1] & floor[side2] & ~targets[side2]
         usable2 = usable & floor[side3] & ~targets[side3]
-        pick = jnp.argmax(jnp.where(usable, jax.random.uniform(k_side, (4,)) + usable2, -1.0))
+        side_bonus = usable2 if self.forced_pulls >= 2 else 0.0
+        pick = jnp.argmax(jnp.where(usable, jax.random.uniform(k_side, (4,)) + side_bonus, -1.0))
         player = jnp.where(jnp.any(usable), side1[pick], cells[nb])
         dir0 = jnp.where(jnp.any(usable), pick, 0)
 
@@ -229,10 +244,11 @@ class SokobanGenerator:
         t = self.num_reverse_steps
         k_dirs, k_turns, k_pull = jax.random.split(key, 3)
         new_dirs = jax.random.randint(k_dirs, (t,), 0, 4)
-        # The first two moves keep dir0 and pull: from the starting side they drag the box up to two cells
-        # along a line (a blocked second move just turns the walk).
-        turns = (jax.random.uniform(k_turns, (t,)) < self.walk_turn_prob).at[:2].set(False)
-        pulls = (jax.random.uniform(k_pull, (t,)) < self.pull_prob).at[:2].set(True)
+        # The first `forced_pulls` moves keep dir0 and pull: from the starting side they drag the box up to
+        # that many cells along a line (a blocked second move just turns the walk).
+        f = self.forced_pulls
+        turns = (jax.random.uniform(k_turns, (t,)) < self.walk_turn_prob).at[:f].set(False)
+        pulls = (jax.random.uniform(k_pull, (t,)) < self.pull_prob).at[:f].set(True)
         moves = jnp.asarray(self._flat_moves)
         min_pushes = self.min_pushes
 

@@ -102,6 +102,78 @@ def cell_kinds(level: Level, xp=None):
     return kinds.astype(xp.int8)
 
 
+# Content hash: each cell's four facts (wall, goal, box, player) packed 4 bits per cell, 8 cells per uint32
+# word (an exact encoding, invalid boards included), then two differently built 32-bit hashes of the words
+# (murmur3-style and xxhash32-style rounds, different seeds), so two levels collide only if both collide:
+# ~2^-64 per pair.
+_CELLS_PER_WORD = 8
+_M1, _M2, _M3, _M4 = 0xCC9E2D51, 0x1B873593, 0xE6546B64, 0x85EBCA6B
+_P1, _P2, _P3, _P4 = 0x9E3779B1, 0x85EBCA77, 0xC2B2AE3D, 0x27D4EB2F
+
+
+def _rotl(x, r: int):
+    return (x << r) | (x >> (32 - r))
+
+
+def _fmix(h, xp):
+    h = h ^ (h >> 16)
+    h = h * xp.uint32(_M4)
+    h = h ^ (h >> 13)
+    h = h * xp.uint32(_P3)
+    return h ^ (h >> 16)
+
+
+def level_words(level: Level):
+    """uint32[..., ceil(dim*dim / 8)]: wall, goal, box and player bits of every cell, 4 bits per cell."""
+    import jax.numpy as jnp  # noqa: PLC0415
+
+    walls = jnp.asarray(level.walls)
+    dim = walls.shape[-1]
+    rows = jnp.arange(dim).reshape(dim, 1)
+    cols = jnp.arange(dim).reshape(1, dim)
+    player = jnp.asarray(level.player)
+    is_player = (rows == player[..., 0, None, None]) & (cols == player[..., 1, None, None])
+    u = jnp.uint32
+    bits = (walls.astype(u) | (jnp.asarray(level.targets).astype(u) << 1) | (jnp.asarray(level.boxes).astype(u) << 2)
+            | (is_player.astype(u) << 3))
+    flat = bits.reshape(bits.shape[:-2] + (dim * dim,))
+    m = -(-dim * dim // _CELLS_PER_WORD)
+    pad = m * _CELLS_PER_WORD - dim * dim
+    flat = jnp.concatenate([flat, jnp.zeros(flat.shape[:-1] + (pad,), u)], axis=-1)
+    groups = flat.reshape(flat.shape[:-1] + (m, _CELLS_PER_WORD))
+    shifts = jnp.arange(_CELLS_PER_WORD, dtype=u) * 4
+    return jnp.sum(groups << shifts, axis=-1, dtype=u)  # disjoint bit fields: the sum is their or
+
+
+def level_hash(level: Level):
+    """uint32[..., 2] content hash of `level` (or a batch of levels); jit/vmap-able.
+
+    Equal levels (same walls, goals, boxes and player cell) hash equal; any difference, one cell or the
+    player's position, changes the pair except with probability ~2^-64. `hash64` joins the two words.
+    """
+    import jax.numpy as jnp  # noqa: PLC0415
+
+    words = level_words(level)
+    dim = level.walls.shape[-1]
+    u = jnp.uint32
+    h1 = jnp.full(words.shape[:-1], u((0x3C6EF372 ^ dim) & 0xFFFFFFFF), u)
+    h2 = jnp.full(words.shape[:-1], u((0x165667B1 + dim) & 0xFFFFFFFF), u)
+    for i in range(words.shape[-1]):
+        w = words[..., i]
+        k = _rotl(w * u(_M1), 15) * u(_M2)  # murmur3 block
+        h1 = _rotl(h1 ^ k, 13) * u(5) + u(_M3)
+        h2 = _rotl(h2 + w * u(_P2), 13) * u(_P1)  # xxhash32 round
+        h2 = _rotl(h2 ^ u(_P4), 17) * u(_P4)
+    n = u(words.shape[-1])
+    return jnp.stack([_fmix(h1 ^ n, jnp), _fmix(h2 + n * u(_P3), jnp)], axis=-1)
+
+
+def hash64(hashes) -> np.ndarray:
+    """Host: uint64[...] from `level_hash`'s uint32[..., 2] (set-friendly)."""
+    h = np.asarray(hashes, np.uint64)
+    return (h[..., 0] << np.uint64(32)) | h[..., 1]
+
+
 def check_level(level: Level, dim: int | None = None, num_boxes: int | None = None) -> Level:
     """Validate a concrete (host) level; returns its NumPy copy or raises ValueError naming the problem."""
     lv = to_numpy(level)
