@@ -28,8 +28,9 @@ SFT_DATA = ("solver", "format")
 
 
 def sokoban_expert_samples(env: sk.Sokoban, prompter: SokobanPrompter, num_levels: int, seed: int,
-                           max_response_tokens: int, data: str = "solver") -> Dict[str, np.ndarray]:
-    """Packed SFT samples (ids, attn, response_mask) from solver solutions of `num_levels` generated levels.
+                           max_response_tokens: int, data: str = "solver", keys=None) -> Dict[str, np.ndarray]:
+    """Packed SFT samples (ids, attn, response_mask) from solver solutions of `num_levels` generated levels
+    (from `keys` [num_levels] when given, else from `seed`).
 
     data="solver": the optimal actions (expert warm-up). data="format": the same levels walked with uniformly
     random moves for as many steps as the solution (or until the level ends), each answered with its move,
@@ -39,7 +40,8 @@ def sokoban_expert_samples(env: sk.Sokoban, prompter: SokobanPrompter, num_level
     if data not in SFT_DATA:
         raise ValueError(f"unknown SFT data {data!r}; use one of {SFT_DATA}")
     rng = np.random.default_rng(seed)
-    keys = jax.random.split(jax.random.PRNGKey(seed), num_levels)
+    if keys is None:  # level keys (e.g. filtered against held-out levels by the caller)
+        keys = jax.random.split(jax.random.PRNGKey(seed), num_levels)
     states, _ = jax.jit(jax.vmap(env.reset))(keys)
     step = jax.jit(env.step)
     stop = prompter.chat.stop_ids[0]

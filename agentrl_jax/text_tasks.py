@@ -65,6 +65,9 @@ class TextEnvSetup:
         self.env_name, self.chat = env_name, chat
         self.max_steps, self.max_prompt_tokens = max_steps, max_prompt_tokens
         self.splits = dict(zip(("train", "eval"), splits or DEFAULT_SPLITS[env_name]))
+        if self.splits["train"] == self.splits["eval"]:
+            raise ValueError(f"TextEnvSetup.splits={tuple(self.splits.values())}: the held-out split must not be the "
+                             f"training split (held-out means unseen games); use e.g. {DEFAULT_SPLITS[env_name]}.")
         self.window = DEFAULT_WINDOW[env_name] if window is None else window
         self.options = dict(env_options or {})
         self.num_workers, self.envs_per_worker, self.step_timeout_s = num_workers, envs_per_worker, step_timeout_s

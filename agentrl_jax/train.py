@@ -28,7 +28,7 @@ from flax import nnx
 
 import envs.sokoban as sk
 from agentrl_jax import checkpoint as ckpt
-from agentrl_jax import distributed, learner, optim, partitioning, rl, sharding
+from agentrl_jax import distributed, heldout, learner, optim, partitioning, rl, sharding
 from agentrl_jax import generate as gen
 from agentrl_jax.chat import ChatFormat
 from agentrl_jax.logging import MetricsLogger
@@ -43,8 +43,9 @@ ENVS = ("sokoban", *text_tasks.TEXT_ENVS)
 ROLLOUT_MODES = ("device", "host")
 PROMPT_MODES = ("window", "conversation")
 # Key streams of `Trainer.episode_keys`: 0 = training levels, 1 = the fixed held-out set, 2 = the SFT warm-up's
-# own validation set (neither of the others).
-HELD_OUT_STREAM, SFT_VALIDATION_STREAM = 1, 2
+# own validation set (neither of the others). For Sokoban the sets are disjoint by content, not only by key
+# (`agentrl_jax.heldout`): no training or SFT level is a held-out or validation level.
+TRAIN_STREAM, HELD_OUT_STREAM, SFT_VALIDATION_STREAM = 0, 1, 2
 
 
 def _check_choice(name, value, allowed):
@@ -139,6 +140,12 @@ class Trainer:
             self.max_prompt_tokens = self.prompter.max_prompt_tokens
             self._device_rollout = jax.jit(sokoban_device_rollout, static_argnums=(0, 2, 3, 4),
                                            static_argnames=("invalid_penalty",))
+            held = heldout.HeldOutLevels.build(self.env, self._stream_keys(0, eval_episodes, HELD_OUT_STREAM))
+            val = heldout.HeldOutLevels.build(self.env, self._stream_keys(0, eval_episodes, SFT_VALIDATION_STREAM),
+                                              avoid=held)
+            self.level_sets = {HELD_OUT_STREAM: held, SFT_VALIDATION_STREAM: val}
+            self.reserved_levels = held.union(val)
+            self.seen_levels = heldout.SeenLevels()
         else:
             if rollout_mode != "host":
                 raise ValueError(f"{env_name} runs on the host: set train.rollout_mode = 'host'.")
@@ -178,12 +185,34 @@ class Trainer:
         return host_rollout(self.graphdef, params, task, config, key, self.tokenizer, self.max_prompt_tokens,
                             self.invalid_penalty, timings=self.timings)
 
-    def episode_keys(self, step: int, n_tasks: int, group: int, stream: int):
-        """Level keys (Sokoban) / seeds (text envs) for a step: `n_tasks` tasks, each repeated `group` times."""
+    def _stream_keys(self, step: int, n_tasks: int, stream: int):
         base = jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(self.seed), stream), step)
-        task_keys = jax.random.split(base, n_tasks)
+        return jax.random.split(base, n_tasks)
+
+    def episode_keys(self, step: int, n_tasks: int, group: int, stream: int):
+        """Level keys (Sokoban) / seeds (text envs) for a step: `n_tasks` tasks, each repeated `group` times.
+
+        Sokoban: the held-out and SFT-validation streams are the fixed sets built at start-up (distinct levels,
+        `n_tasks` must not exceed their size); training keys whose level is one of theirs are replaced.
+        """
+        base = jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(self.seed), stream), step)
+        task_keys = self._stream_keys(step, n_tasks, stream)
         seeds = np.asarray(jax.random.randint(base, (n_tasks,), 0, 2**30))
+        if self.env_name == "sokoban":
+            if stream in self.level_sets:
+                task_keys = self.level_sets[stream].keys[:n_tasks]
+            else:
+                task_keys = self.reserved_levels.exclude(self.env, task_keys).keys
         return jnp.repeat(task_keys, group, axis=0), np.repeat(seeds, group)
+
+    def level_metrics(self, step: int) -> Dict[str, float]:
+        """Distinct training levels seen up to `step` and their overlap with the held-out sets (Sokoban)."""
+        if self.env_name != "sokoban":
+            return {}
+        keys, _ = self.episode_keys(step, self.tasks_per_step, 1, TRAIN_STREAM)
+        self.seen_levels.add(heldout.level_hashes(self.env, keys))
+        return heldout.level_metrics(self.seen_levels, self.level_sets[HELD_OUT_STREAM],
+                                     self.level_sets[SFT_VALIDATION_STREAM])
 
     def evaluate(self, params, step: int, stream: int = HELD_OUT_STREAM) -> Dict[str, float]:
         """Greedy (eval_config) metrics on a fixed level set: the held-out one unless `stream` says otherwise."""
@@ -374,6 +403,8 @@ def train(
             params, opt_state, key = state["params"], state["opt_state"], state["key"]
             ref_params = state.get("ref_params")
             logger.write(f"resumed from step {start_step} ({checkpointer.directory})")
+            for done_step in range(1, start_step + 1):  # the distinct-level count covers the steps before
+                tr.level_metrics(done_step)
         else:
             if sft_steps > 0:
                 params = _sft_warmup(tr, params, sft_steps, sft_levels, sft_batch_size, max_response_tokens,
@@ -426,7 +457,7 @@ def _rl_iteration(tr: Trainer, rl_step, step, params, opt_state, key, cfg: rl.RL
     """One RL step; None when a preemption arrived before its last minibatch (the caller keeps the state the
     step started from: every random choice of a step derives from (seed, step), so redoing it is exact)."""
     t0 = time.perf_counter()
-    level_keys, seeds = tr.episode_keys(step, tr.tasks_per_step, tr.group_size, stream=0)
+    level_keys, seeds = tr.episode_keys(step, tr.tasks_per_step, tr.group_size, stream=TRAIN_STREAM)
     tr.timings.clear()
     batch, stats = tr.rollout(params, level_keys, jax.random.fold_in(key, step), tr.gen_config, seeds)
     t1 = time.perf_counter()
@@ -445,6 +476,7 @@ def _rl_iteration(tr: Trainer, rl_step, step, params, opt_state, key, cfg: rl.RL
     t2 = time.perf_counter()
     m = {k: float(np.mean([float(x[k]) for x in metrics_list])) for k in metrics_list[0]} if metrics_list else {}
     m.update(batch_metrics)
+    m.update(tr.level_metrics(step))
     m.update(_summarise(stats, batch))
     gen_tokens = _generated_tokens(batch)
     env_steps = float(np.asarray(batch.valid).sum())
@@ -485,7 +517,10 @@ def _sft_warmup(tr: Trainer, params, steps, levels, batch_size, max_response_tok
     """
     if tr.env_name != "sokoban":
         raise ValueError("train.sft_steps > 0 is implemented for Sokoban (solver experts); set it to 0 for text envs.")
-    samples = sokoban_expert_samples(tr.env, tr.prompter, levels, seed + 10_000, max_response_tokens, data)
+    # The warm-up's levels avoid the held-out and validation sets by content, like the RL levels.
+    keys = tr.reserved_levels.exclude(tr.env, jax.random.split(jax.random.PRNGKey(seed + 10_000), levels)).keys
+    samples = sokoban_expert_samples(tr.env, tr.prompter, levels, seed + 10_000, max_response_tokens, data,
+                                     keys=keys)
     with gin.config_scope("sft"):
         tx = optim.make_optimizer()
     # The expert samples are window samples [prompt P | answer N] in every prompt mode (a conversation
