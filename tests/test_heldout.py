@@ -173,3 +173,16 @@ def test_sciworld_train_and_eval_variations_are_disjoint():
             assert not train & dev and not train & test and not dev & test, task
     finally:
         env.close()
+
+
+def test_text_envs_refuse_evaluating_on_the_training_split():
+    from transformers import AutoTokenizer
+
+    from agentrl_jax.chat import ChatFormat
+    from agentrl_jax.models.tiny import ensure_tiny_folder
+    from agentrl_jax.text_tasks import TextEnvSetup
+
+    chat = ChatFormat.from_tokenizer(AutoTokenizer.from_pretrained(ensure_tiny_folder()), thinking=False)
+    with pytest.raises(ValueError, match="must not be the training split"):
+        TextEnvSetup("alfworld", chat, splits=("train", "train"))
+    assert TextEnvSetup("alfworld", chat).splits == {"train": "train", "eval": "valid_unseen"}
