@@ -10,7 +10,7 @@ Method (low noise, fair): every measurement runs in its OWN fresh subprocess (th
 the `--cpus` it is pinned to) with no other framework's thread pool in the process (torch matmuls ran 4-15x
 slower right after JAX work in one process). On a machine that other jobs share, use `--cpus 1`: torch's OpenMP
 threads wait on each other at every kernel, so on 2 cores under a load of ~3 HF ran 4x slower with 2 threads
-than pinned to 1 core while ours ran 1.3x slower, a bias in our favour that interleaving cannot remove.
+than pinned to 1 core while ours ran 1.3x faster, a bias in our favour that interleaving cannot remove.
 For each batch size the runs interleave ours, hf, hf-static, ours, hf, hf-static, ... (`--repeats` rounds); the
 table shows medians.
 
@@ -222,7 +222,8 @@ def _parse(argv):
     p.add_argument("--cpus", type=int, default=None,
                    help="pin every side to the first N cores (default: all, as users run it). On a machine other "
                         "jobs share, --cpus 1 keeps torch's OpenMP threads from stalling on descheduled peers "
-                        "(HF slowed 4x with 2 threads on 2 busy cores, ours 1.3x), which would flatter us")
+                        "(on 2 busy cores HF ran 4x slower with 2 threads than with 1, ours 1.3x faster), which would "
+                        "flatter us")
     p.add_argument("--json", default=None, help="write results to this path")
     # Internal: one side of one measurement, run by the parent in a fresh process.
     p.add_argument("--side", choices=sorted(_SIDES), default=None, help=argparse.SUPPRESS)
