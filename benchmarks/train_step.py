@@ -73,6 +73,9 @@ def parse(argv=None):
                          "--cpus 1 keeps torch's OpenMP threads from stalling on descheduled peers, a bias "
                          "in our favour (see benchmarks/generate.py)")
     ap.add_argument("--json", default=None, help="write results here")
+    ap.add_argument("--logits_memory", action="store_true",
+                    help="also print the compiled peak memory of scoring / train gradient with whole vs sliced "
+                         "logits at Llama-3.1-8B's vocabulary and the study's lengths (benchmarks/logits_memory.py)")
     # Internal: one side in a fresh process, answering with one RESULT line.
     ap.add_argument("--side", choices=["probe", "jax", "torch"], default=None, help=argparse.SUPPRESS)
     ap.add_argument("--torch_device", default="cpu", help=argparse.SUPPRESS)
@@ -342,6 +345,17 @@ def print_step_table(a, rows) -> None:
               f"{r['mfu'] * 100:>6.2f}% {vs:>8}")
 
 
+def print_logits_memory(a, rows) -> None:
+    """Compiled peak memory of the scoring pass and the train gradient, whole vs sliced logits, at an 8B
+    vocabulary and the study's lengths (`benchmarks/logits_memory.py`; compiled only, nothing runs)."""
+    import logits_memory  # noqa: PLC0415  (next to this file)
+
+    print()
+    mem = logits_memory.main([])
+    for r in rows:
+        r["logits_memory"] = mem
+
+
 def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
     a = parse(argv)
@@ -355,8 +369,9 @@ def main(argv=None):
 
     rows = run_with_peer(a, argv) if a.peer == "torch" else [bench_jax(a)]
     print_step_table(a, rows)
-    # Further report sections (e.g. compiled memory of the scoring pass, collective bytes per step) go here,
-    # each its own function of (a, rows) printing below the step table and adding its keys to the rows.
+    # Further report sections go here, each its own function of (a, rows) printing below the step table.
+    if a.logits_memory:
+        print_logits_memory(a, rows)
     if a.json:
         with open(a.json, "w") as f:
             json.dump({"args": vars(a), "results": rows}, f, indent=2, default=str)
