@@ -11,6 +11,7 @@ import gin
 import jax
 import numpy as np
 import pytest
+from helpers.gin_envs import sokoban_from_gin
 
 import envs.sokoban as sk
 from agentrl_jax import heldout, text_tasks
@@ -25,14 +26,7 @@ STEPS = (1, 2, 3, 4)
 
 @functools.lru_cache(maxsize=None)  # one env object per setting: its jitted functions compile once
 def _env(name: str) -> sk.Sokoban:
-    gin.clear_config()
-    gin.add_config_file_search_path(GIN_DIR)
-    with gin.unlock_config():
-        gin.parse_config_files_and_bindings([os.path.join(GIN_DIR, "envs", f"{name}.gin")], [], skip_unknown=True)
-    try:
-        return sk.Sokoban()
-    finally:
-        gin.clear_config()
+    return sokoban_from_gin(name)
 
 
 def _trainer_keys(step, n_tasks, group, stream, seed=0):

@@ -5,6 +5,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers.gin_envs import sokoban_from_gin
 
 import os
 
@@ -426,14 +427,7 @@ def test_level_hash_is_equal_exactly_for_equal_levels_and_env_level_is_resets():
 
 
 def _gin_env(name):
-    gin.clear_config()
-    gin.add_config_file_search_path(GIN_DIR)
-    with gin.unlock_config():
-        gin.parse_config_files_and_bindings([os.path.join(GIN_DIR, "envs", f"{name}.gin")], [], skip_unknown=True)
-    try:
-        return sk.Sokoban()
-    finally:
-        gin.clear_config()
+    return sokoban_from_gin(name)
 
 
 @pytest.mark.slow
