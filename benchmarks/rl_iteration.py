@@ -134,7 +134,7 @@ def build_trainer(args, out_dir, model_path):
                     max_response_tokens=kw["max_response_tokens"], temperature=kw["temperature"],
                     top_p=kw["top_p"], top_k=kw["top_k"], eval_temperature=kw["eval_temperature"],
                     eval_episodes=kw["eval_episodes"], invalid_penalty=kw["invalid_penalty"], seed=args.seed,
-                    mesh=mesh, thinking=kw["thinking"])
+                    mesh=mesh, thinking=kw["thinking"], logits_chunk_size=kw["logits_chunk_size"])
     tx = optim.make_optimizer()
     o_sh = sharding.tree_shardings(jax.eval_shape(tx.init, tr.params), mesh, tr.rules)
     opt_state = jax.jit(tx.init, out_shardings=o_sh)(tr.params)
@@ -144,8 +144,8 @@ def build_trainer(args, out_dir, model_path):
     temp = kw["temperature"]
     rl_step = sharding.make_train_step(
         functools.partial(learner.rl_loss, config=cfg, prompt_len=tr.max_prompt_tokens,
-                          temperature=temp if temp > 0 else 1.0),
-        tx, mesh, spec, tr.graphdef, donate=False)
+                          temperature=temp if temp > 0 else 1.0, chunk_size=kw["logits_chunk_size"]),
+        tx, mesh, spec, tr.graphdef, donate=False, accumulate="sum")
     tr.ref_params = tr.params if cfg.kl_coef > 0 else None
     return tr, rl_step, opt_state, cfg
 
@@ -248,14 +248,13 @@ def rl_iterations(tr, rl_step, opt_state, cfg, iterations, seed, device_kind, mo
     for impl in ("device", "host"):
         tr.rollout_mode = impl
         params, opt = params0, opt_state
-        rng = np.random.default_rng(seed)
         t0 = time.perf_counter()
-        params, opt, *_ = tm._rl_iteration(tr, rl_step, 1, params, opt, key, rng, cfg)  # warm-up (compiles)
+        params, opt, *_ = tm._rl_iteration(tr, rl_step, 1, params, opt, key, cfg)  # warm-up (compiles)
         warm = time.perf_counter() - t0
         acc = {}
         for it in range(iterations):
             t0 = time.perf_counter()
-            params, opt, m, batch, _ = tm._rl_iteration(tr, rl_step, 2 + it, params, opt, key, rng, cfg)
+            params, opt, m, batch, _ = tm._rl_iteration(tr, rl_step, 2 + it, params, opt, key, cfg)
             jax.block_until_ready(params)
             total = time.perf_counter() - t0
             # The trainer stamps time/update_s right after dispatching the (asynchronous) train steps, before
