@@ -202,15 +202,15 @@ class Trainer:
             if stream in self.level_sets:
                 task_keys = self.level_sets[stream].keys[:n_tasks]
             else:
-                task_keys = self.reserved_levels.exclude(self.env, task_keys).keys
+                excluded = self.reserved_levels.exclude(self.env, task_keys)
+                task_keys = excluded.keys
+                self.seen_levels.add(excluded.hashes)  # a set: drawing a step's keys again adds nothing
         return jnp.repeat(task_keys, group, axis=0), np.repeat(seeds, group)
 
-    def level_metrics(self, step: int) -> Dict[str, float]:
-        """Distinct training levels seen up to `step` and their overlap with the held-out sets (Sokoban)."""
+    def level_metrics(self) -> Dict[str, float]:
+        """Distinct training levels drawn so far and their overlap with the held-out sets (Sokoban)."""
         if self.env_name != "sokoban":
             return {}
-        keys, _ = self.episode_keys(step, self.tasks_per_step, 1, TRAIN_STREAM)
-        self.seen_levels.add(heldout.level_hashes(self.env, keys))
         return heldout.level_metrics(self.seen_levels, self.level_sets[HELD_OUT_STREAM],
                                      self.level_sets[SFT_VALIDATION_STREAM])
 
@@ -404,7 +404,7 @@ def train(
             ref_params = state.get("ref_params")
             logger.write(f"resumed from step {start_step} ({checkpointer.directory})")
             for done_step in range(1, start_step + 1):  # the distinct-level count covers the steps before
-                tr.level_metrics(done_step)
+                tr.episode_keys(done_step, tr.tasks_per_step, 1, TRAIN_STREAM)
         else:
             if sft_steps > 0:
                 params = _sft_warmup(tr, params, sft_steps, sft_levels, sft_batch_size, max_response_tokens,
@@ -476,7 +476,7 @@ def _rl_iteration(tr: Trainer, rl_step, step, params, opt_state, key, cfg: rl.RL
     t2 = time.perf_counter()
     m = {k: float(np.mean([float(x[k]) for x in metrics_list])) for k in metrics_list[0]} if metrics_list else {}
     m.update(batch_metrics)
-    m.update(tr.level_metrics(step))
+    m.update(tr.level_metrics())
     m.update(_summarise(stats, batch))
     gen_tokens = _generated_tokens(batch)
     env_steps = float(np.asarray(batch.valid).sum())
