@@ -18,34 +18,25 @@ import logging as _pylogging
 import os
 import sys
 import time
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import gin
 import jax
-import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-import envs.sokoban as sk
 from agentrl_jax import checkpoint as ckpt
-from agentrl_jax import distributed, heldout, learner, optim, partitioning, rl, sharding
+from agentrl_jax import distributed, domains, learner, optim, partitioning, rl, sharding
 from agentrl_jax import generate as gen
 from agentrl_jax.chat import ChatFormat
 from agentrl_jax.logging import MetricsLogger
-from agentrl_jax.policy import Policy, load_policy
-from agentrl_jax.rollout import SokobanHostTask, host_conversation_rollout, host_rollout, sokoban_device_rollout
-from agentrl_jax.sokoban_prompt import SokobanPrompter
-from agentrl_jax.sft import sokoban_expert_samples
-from agentrl_jax import text_tasks
+from agentrl_jax.policy import load_policy
 
 log = _pylogging.getLogger("agentrl_jax.train")
-ENVS = ("sokoban", *text_tasks.TEXT_ENVS)
-ROLLOUT_MODES = ("device", "host")
-PROMPT_MODES = ("window", "conversation")
-# Key streams of `Trainer.episode_keys`: 0 = training levels, 1 = the fixed held-out set, 2 = the SFT warm-up's
-# own validation set (neither of the others). For Sokoban the sets are disjoint by content, not only by key
-# (`agentrl_jax.heldout`): no training or SFT level is a held-out or validation level.
-TRAIN_STREAM, HELD_OUT_STREAM, SFT_VALIDATION_STREAM = 0, 1, 2
+ROLLOUT_MODES, PROMPT_MODES = domains.ROLLOUT_MODES, domains.PROMPT_MODES
+# Key streams (0 training, 1 the fixed held-out set, 2 the SFT warm-up's validation set): see agentrl_jax.domains.
+TRAIN_STREAM, HELD_OUT_STREAM, SFT_VALIDATION_STREAM = (domains.TRAIN_STREAM, domains.HELD_OUT_STREAM,
+                                                       domains.SFT_VALIDATION_STREAM)
 
 
 def _check_choice(name, value, allowed):
@@ -57,21 +48,55 @@ def _generated_tokens(batch) -> float:
     return float(np.asarray(getattr(batch, "response_mask", getattr(batch, "loss_mask", 0))).sum())
 
 
+def _kept(stats) -> np.ndarray:
+    """Episodes that count: not lost to an env crash or timeout (those are out of the loss and the rates)."""
+    lost = getattr(stats, "lost", None)
+    n = len(np.asarray(stats.success))
+    return np.ones(n, bool) if lost is None else ~np.asarray(lost, bool)
+
+
 def _summarise(stats, batch) -> Dict[str, float]:
-    valid = np.asarray(batch.valid)
-    n_valid = max(int(valid.sum()), 1)
+    return _summarise_parts([(batch, stats)])
+
+
+def _summarise_parts(parts) -> Dict[str, float]:
+    """Episode and turn metrics over one or several rollout calls of a domain, lost episodes left out."""
+    tot: Dict[str, float] = {}
+
+    def add(k, v):
+        tot[k] = tot.get(k, 0.0) + float(v)
+
+    for batch, stats in parts:
+        kept = _kept(stats)
+        valid = np.asarray(batch.valid) & kept[:, None]
+        add("episodes", kept.sum())
+        add("lost", (~kept).sum())
+        add("success", np.asarray(stats.success)[kept].sum())
+        add("return", np.asarray(stats.episode_return)[kept].sum())
+        add("length", np.asarray(stats.length)[kept].sum())
+        add("turns", valid.sum())
+        add("invalid", (np.asarray(batch.invalid) & valid).sum())
+        add("response_truncated", (np.asarray(batch.response_truncated) & valid).sum())
+        mask = np.asarray(getattr(batch, "response_mask", getattr(batch, "loss_mask", 0)))
+        add("tokens", (mask * (kept.reshape((-1,) + (1,) * (mask.ndim - 1)))).sum())
+        if hasattr(batch, "prompt_truncated"):
+            add("prompt_truncated", (np.asarray(batch.prompt_truncated) & valid).sum())
+        else:
+            add("context_truncated", np.asarray(batch.context_truncated)[kept].sum())
+    n_ep, n_turns = max(tot["episodes"], 1.0), max(tot["turns"], 1.0)
     out = {
-        "success_rate": float(np.mean(np.asarray(stats.success))),
-        "return": float(np.mean(np.asarray(stats.episode_return))),
-        "episode_length": float(np.mean(np.asarray(stats.length))),
-        "invalid_action_rate": float(np.asarray(batch.invalid).sum() / n_valid),
-        "response_truncated_rate": float(np.asarray(batch.response_truncated).sum() / n_valid),
-        "response_tokens_mean": _generated_tokens(batch) / n_valid,
+        "success_rate": tot["success"] / n_ep,
+        "return": tot["return"] / n_ep,
+        "episode_length": tot["length"] / n_ep,
+        "invalid_action_rate": tot["invalid"] / n_turns,
+        "response_truncated_rate": tot["response_truncated"] / n_turns,
+        "response_tokens_mean": tot["tokens"] / n_turns,
+        "lost_episodes": tot["lost"],
     }
-    if hasattr(batch, "prompt_truncated"):
-        out["prompt_truncated_rate"] = float(np.asarray(batch.prompt_truncated).sum() / n_valid)
+    if "prompt_truncated" in tot:
+        out["prompt_truncated_rate"] = tot["prompt_truncated"] / n_turns
     else:
-        out["context_truncated_rate"] = float(np.mean(np.asarray(batch.context_truncated)))
+        out["context_truncated_rate"] = tot["context_truncated"] / n_ep
     return out
 
 
@@ -92,13 +117,18 @@ def _episode_text(tokenizer, batch, stats, e: int) -> str:
 
 
 class Trainer:
-    """Holds the compiled pieces; `train()` below is the gin entry point that builds and runs it."""
+    """Holds the compiled pieces; `train()` below is the gin entry point that builds and runs it.
 
-    def __init__(self, *, output_dir, model_path, env_name, rollout_mode, rl_config, tasks_per_step, group_size,
+    domain: the training domain's registry name; eval_domains: further domains evaluated on their held-out sets
+    every `eval_every` steps (`eval/<domain>/...`). Neither is branched on here: everything domain-specific goes
+    through `agentrl_jax.domains`.
+    """
+
+    def __init__(self, *, output_dir, model_path, domain, rollout_mode, rl_config, tasks_per_step, group_size,
                  minibatch_size, max_response_tokens, temperature, top_p, top_k, eval_temperature,
                  eval_episodes, invalid_penalty, seed, mesh, thinking, prompt_mode="window",
-                 max_context_tokens=4096, micro_batch_size=None, logits_chunk_size=None):
-        self.output_dir, self.env_name, self.rollout_mode = output_dir, env_name, rollout_mode
+                 max_context_tokens=4096, micro_batch_size=None, logits_chunk_size=None, eval_domains=()):
+        self.output_dir, self.rollout_mode = output_dir, rollout_mode
         self.cfg: rl.RLConfig = rl_config
         self.tasks_per_step, self.group_size = tasks_per_step, group_size
         self.minibatch_size, self.invalid_penalty = minibatch_size, invalid_penalty
@@ -115,6 +145,8 @@ class Trainer:
             if ppo:
                 raise ValueError("prompt_mode='conversation' trains one sample per episode with the GRPO advantage; "
                                  "use RLConfig.algorithm = 'grpo' or prompt_mode = 'window' for PPO.")
+        for name in (domain, *eval_domains):
+            domains.domain_class(name)  # an unknown name fails before the model is loaded
         policy, self.tokenizer = load_policy(model_path, with_value_head=ppo, mesh=mesh)
         self.chat = ChatFormat.from_tokenizer(self.tokenizer, thinking=thinking)
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
@@ -134,23 +166,15 @@ class Trainer:
             params=self.param_sh, opt_state=None, batch=sharding.batch_sharding(mesh, self.rules),
             replicated=jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()), mesh=mesh, rules=self.rules)
         self.ref_params = None  # set by train(): the policy at the start of RL, when the KL term is on
-        if env_name == "sokoban":
-            self.env = sk.Sokoban()
-            self.prompter = SokobanPrompter(self.chat, dim=self.env.dim, max_steps=self.env.max_steps)
-            self.max_prompt_tokens = self.prompter.max_prompt_tokens
-            self._device_rollout = jax.jit(sokoban_device_rollout, static_argnums=(0, 2, 3, 4),
-                                           static_argnames=("invalid_penalty",))
-            held = heldout.HeldOutLevels.build(self.env, self._stream_keys(0, eval_episodes, HELD_OUT_STREAM))
-            val = heldout.HeldOutLevels.build(self.env, self._stream_keys(0, eval_episodes, SFT_VALIDATION_STREAM),
-                                              avoid=held)
-            self.level_sets = {HELD_OUT_STREAM: held, SFT_VALIDATION_STREAM: val}
-            self.reserved_levels = held.union(val)
-            self.seen_levels = heldout.SeenLevels()
-        else:
-            if rollout_mode != "host":
-                raise ValueError(f"{env_name} runs on the host: set train.rollout_mode = 'host'.")
-            self.text = text_tasks.TextEnvSetup(env_name, chat=self.chat)
-            self.max_prompt_tokens = self.text.max_prompt_tokens
+        self.domain = domains.make_domain(domain, chat=self.chat, seed=seed, num_eval_tasks=eval_episodes)
+        if rollout_mode not in self.domain.rollout_modes:
+            raise ValueError(f"the {domain} domain runs on the host: set train.rollout_mode = 'host' (it has no "
+                             f"{rollout_mode!r} rollout).")
+        # Evaluation domains are built now (cheap: their pools start on their first episode).
+        self.eval_domains = {name: self.domain if name == domain else
+                             domains.make_domain(name, chat=self.chat, seed=seed, num_eval_tasks=eval_episodes)
+                             for name in eval_domains}
+        self.max_prompt_tokens = self.domain.max_prompt_tokens
         # Window samples are [prompt P | response N]; conversation samples are [1 | rest of the buffer].
         self.prompt_len = 1 if prompt_mode == "conversation" else self.max_prompt_tokens
         score = functools.partial(learner.score_samples, prompt_len=self.prompt_len,
@@ -167,58 +191,67 @@ class Trainer:
                               out_shardings=self.train_sh.replicated)
         self.timings: Dict[str, float] = {}
 
+    @property
+    def settings(self) -> domains.RolloutSettings:
+        return domains.RolloutSettings(self.rollout_mode, self.prompt_mode, self.max_context_tokens,
+                                       self.invalid_penalty)
+
+    def all_domains(self) -> Dict[str, domains.Domain]:
+        return {self.domain.name: self.domain, **self.eval_domains}
+
+    def close(self) -> None:
+        """Stop every domain's env worker processes (and their JVMs)."""
+        for d in self.all_domains().values():
+            d.close()
+
     # ------------------------------------------------------------------------------------------ rollout
-    def rollout(self, params, level_keys, key, config, episode_seeds=None, split="train"):
+    def config_for(self, domain: domains.Domain, config: gen.GenerationConfig) -> gen.GenerationConfig:
+        """A domain may answer at its own length (`<Domain>.max_response_tokens`)."""
+        n = domain.max_response_tokens
+        return config if n is None or n == config.max_new_tokens else dataclasses.replace(config, max_new_tokens=n)
+
+    def rollout(self, params, tasks: domains.Tasks, key, config, domain: Optional[domains.Domain] = None):
+        """Play `tasks` of `domain` (default: the training domain) with `params`; numpy batch and stats."""
+        domain = domain or self.domain
         # Keys live replicated on the mesh next to the (sharded) parameters.
-        level_keys, key = jax.device_put((level_keys, key), self.train_sh.replicated)
-        if self.env_name == "sokoban" and self.rollout_mode == "device":
-            batch, stats = self._device_rollout(self.graphdef, params, self.env, self.prompter, config, level_keys,
-                                                key, invalid_penalty=self.invalid_penalty)
-            return jax.device_get(batch), jax.device_get(stats)
-        if self.env_name == "sokoban":
-            task = SokobanHostTask(self.env, self.prompter, level_keys)
-        else:
-            task = self.text.task(episode_seeds, split)
-        if self.prompt_mode == "conversation":
-            return host_conversation_rollout(self.graphdef, params, task, self.chat, config, key, self.tokenizer,
-                                             self.max_context_tokens, self.invalid_penalty, timings=self.timings)
-        return host_rollout(self.graphdef, params, task, config, key, self.tokenizer, self.max_prompt_tokens,
-                            self.invalid_penalty, timings=self.timings)
+        key = jax.device_put(key, self.train_sh.replicated)
+        if tasks.keys is not None:
+            tasks = dataclasses.replace(tasks, keys=jax.device_put(tasks.keys, self.train_sh.replicated))
+        return domain.rollout(self.graphdef, params, tasks, key, self.config_for(domain, config), self.tokenizer,
+                              self.settings, timings=self.timings)
 
-    def _stream_keys(self, step: int, n_tasks: int, stream: int):
-        base = jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(self.seed), stream), step)
-        return jax.random.split(base, n_tasks)
+    def train_tasks(self, step: int) -> domains.Tasks:
+        """The step's training tasks, each repeated `group_size` times (a GRPO group shares its task)."""
+        return self.domain.train_tasks(step, self.tasks_per_step).repeat(self.group_size)
 
-    def episode_keys(self, step: int, n_tasks: int, group: int, stream: int):
-        """Level keys (Sokoban) / seeds (text envs) for a step: `n_tasks` tasks, each repeated `group` times.
+    def evaluate(self, params, step: int, split: Optional[str] = None, domain: Optional[domains.Domain] = None,
+                 n_tasks: Optional[int] = None) -> Dict[str, float]:
+        """eval_config (validation temperature) metrics on a domain's fixed held-out set (`split`, default the
+        domain's `eval_split`), as `eval/<metric>`."""
+        domain = domain or self.domain
+        tasks = domain.eval_tasks(n_tasks or self.eval_episodes, split)
+        capacity = domain.batch_capacity() or tasks.num_episodes
+        parts = []
+        for start in range(0, tasks.num_episodes, capacity):  # a pool holds W x M episodes at a time
+            part = tasks.take(range(start, min(start + capacity, tasks.num_episodes)))
+            parts.append(self.rollout(params, part, jax.random.fold_in(jax.random.PRNGKey(step), start),
+                                      self.eval_config, domain))
+        return {f"eval/{k}": v for k, v in _summarise_parts(parts).items()}
 
-        Sokoban: the held-out and SFT-validation streams are the fixed sets built at start-up (distinct levels,
-        `n_tasks` must not exceed their size); training keys whose level is one of theirs are replaced.
-        """
-        base = jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(self.seed), stream), step)
-        task_keys = self._stream_keys(step, n_tasks, stream)
-        seeds = np.asarray(jax.random.randint(base, (n_tasks,), 0, 2**30))
-        if self.env_name == "sokoban":
-            if stream in self.level_sets:
-                task_keys = self.level_sets[stream].keys[:n_tasks]
-            else:
-                excluded = self.reserved_levels.exclude(self.env, task_keys)
-                task_keys = excluded.keys
-                self.seen_levels.add(excluded.hashes)  # a set: drawing a step's keys again adds nothing
-        return jnp.repeat(task_keys, group, axis=0), np.repeat(seeds, group)
-
-    def level_metrics(self) -> Dict[str, float]:
-        """Distinct training levels drawn so far and their overlap with the held-out sets (Sokoban)."""
-        if self.env_name != "sokoban":
-            return {}
-        return heldout.level_metrics(self.seen_levels, self.level_sets[HELD_OUT_STREAM],
-                                     self.level_sets[SFT_VALIDATION_STREAM])
-
-    def evaluate(self, params, step: int, stream: int = HELD_OUT_STREAM) -> Dict[str, float]:
-        """Greedy (eval_config) metrics on a fixed level set: the held-out one unless `stream` says otherwise."""
-        keys, seeds = self.episode_keys(step=0, n_tasks=self.eval_episodes, group=1, stream=stream)
-        batch, stats = self.rollout(params, keys, jax.random.PRNGKey(step), self.eval_config, seeds, split="eval")
-        return {f"eval/{k}": v for k, v in _summarise(stats, batch).items()}
+    def evaluate_all(self, params, step: int) -> Dict[str, float]:
+        """The training domain's held-out metrics (`eval/...`) and every evaluation domain's
+        (`eval/<domain>/...`), with the seconds each took (`time/eval/<domain>_s`)."""
+        t0 = time.perf_counter()
+        out = self.evaluate(params, step)
+        out[f"time/eval/{self.domain.name}_s"] = time.perf_counter() - t0
+        for name, d in self.eval_domains.items():
+            t0 = time.perf_counter()
+            m = out if d is self.domain else self.evaluate(params, step, domain=d)
+            out.update({f"eval/{name}/{k[len('eval/'):]}": v for k, v in m.items() if k.startswith("eval/")
+                        and k.count("/") == 1})
+            if d is not self.domain:
+                out[f"time/eval/{name}_s"] = time.perf_counter() - t0
+        return out
 
     # ------------------------------------------------------------------------------------------- update
     def make_update(self, loss_fn, tx, params, accum_steps: int = 1):
@@ -297,7 +330,8 @@ class Trainer:
 def train(
     output_dir: str = gin.REQUIRED,
     model_path: str = gin.REQUIRED,
-    env_name: str = "sokoban",
+    domain: str = "sokoban",
+    eval_domains: Sequence[str] = (),
     rollout_mode: str = "device",
     num_steps: int = 150,
     tasks_per_step: int = 16,
@@ -332,10 +366,15 @@ def train(
 
     Every argument is a gin binding (`train.num_steps = 150`); the RL math lives in `RLConfig` (gin),
     the optimizer in `agentrl_jax.optim.make_optimizer` / `make_schedule`, the mesh in
-    `agentrl_jax.sharding.make_mesh`, the env in `envs.sokoban.Sokoban` / the text-env setups, the prompt in
-    `SokobanPrompter`.
+    `agentrl_jax.sharding.make_mesh`, each domain in its registry class (`SokobanDomain`, `AlfWorldDomain`, ...,
+    `agentrl_jax.domains`) and the envs it builds.
+
+    domain: the training domain. eval_domains: more domains evaluated on their held-out sets every `eval_every`
+    steps, logged as `eval/<domain>/...` (the training domain's own held-out metrics are `eval/...`).
     """
-    _check_choice("env_name", env_name, ENVS)
+    _check_choice("domain", domain, domains.domain_names())
+    for name in eval_domains:
+        _check_choice("eval_domains", name, domains.domain_names())
     _check_choice("rollout_mode", rollout_mode, ROLLOUT_MODES)
     _check_choice("prompt_mode", prompt_mode, PROMPT_MODES)
     if int(num_steps) < 0:
@@ -366,13 +405,13 @@ def train(
     with open(os.path.join(output_dir, "operative_config.gin"), "w") as f:
         f.write(gin.operative_config_str())
 
-    tr = Trainer(output_dir=output_dir, model_path=model_path, env_name=env_name, rollout_mode=rollout_mode,
+    tr = Trainer(output_dir=output_dir, model_path=model_path, domain=domain, rollout_mode=rollout_mode,
                  rl_config=rl_config, tasks_per_step=tasks_per_step, group_size=group_size,
                  minibatch_size=minibatch_size, max_response_tokens=max_response_tokens, temperature=temperature,
                  top_p=top_p, top_k=top_k, eval_temperature=eval_temperature, eval_episodes=eval_episodes,
                  invalid_penalty=invalid_penalty, seed=seed, mesh=mesh, thinking=thinking, prompt_mode=prompt_mode,
                  max_context_tokens=max_context_tokens, micro_batch_size=micro,
-                 logits_chunk_size=logits_chunk_size)
+                 logits_chunk_size=logits_chunk_size, eval_domains=tuple(eval_domains))
     tx = optim.make_optimizer()
     rl_step, opt_state, o_sh = tr.make_update(
         functools.partial(learner.rl_loss, config=rl_config, prompt_len=tr.prompt_len,
@@ -404,13 +443,13 @@ def train(
             ref_params = state.get("ref_params")
             logger.write(f"resumed from step {start_step} ({checkpointer.directory})")
             for done_step in range(1, start_step + 1):  # the distinct-level count covers the steps before
-                tr.episode_keys(done_step, tr.tasks_per_step, 1, TRAIN_STREAM)
+                tr.domain.train_tasks(done_step, tr.tasks_per_step)
         else:
             if sft_steps > 0:
                 params = _sft_warmup(tr, params, sft_steps, sft_levels, sft_batch_size, max_response_tokens,
                                      logger, seed, sft_data, sft_max_success, sft_check_every)
             ref_params = params if rl_config.kl_coef > 0 else None
-            base = tr.evaluate(params, 0)
+            base = tr.evaluate_all(params, 0)
             logger.scalars(0, base)
             logger.write(f"step 0: initial policy {json.dumps({k: round(v, 4) for k, v in base.items()})}")
             last.update(base)
@@ -426,7 +465,7 @@ def train(
                 break
             params, opt_state, metrics, batch, stats = out
             if eval_every and (step % eval_every == 0 or step == num_steps):
-                metrics.update(tr.evaluate(params, step))
+                metrics.update(tr.evaluate_all(params, step))
             logger.scalars(step, metrics)
             if sample_every and step % sample_every == 0:
                 logger.text(step, "samples/episode", _episode_text(tr.tokenizer, batch, stats, 0))
@@ -442,8 +481,7 @@ def train(
     finally:
         checkpointer.close()
         logger.close()
-        if getattr(tr, "text", None) is not None:
-            tr.text.close()  # stop the env worker processes (and their JVMs)
+        tr.close()  # stop every domain's env worker processes (and their JVMs)
     return last
 
 
@@ -457,9 +495,9 @@ def _rl_iteration(tr: Trainer, rl_step, step, params, opt_state, key, cfg: rl.RL
     """One RL step; None when a preemption arrived before its last minibatch (the caller keeps the state the
     step started from: every random choice of a step derives from (seed, step), so redoing it is exact)."""
     t0 = time.perf_counter()
-    level_keys, seeds = tr.episode_keys(step, tr.tasks_per_step, tr.group_size, stream=TRAIN_STREAM)
+    tasks = tr.train_tasks(step)
     tr.timings.clear()
-    batch, stats = tr.rollout(params, level_keys, jax.random.fold_in(key, step), tr.gen_config, seeds)
+    batch, stats = tr.rollout(params, tasks, jax.random.fold_in(key, step), tr.gen_config)
     t1 = time.perf_counter()
     samples, batch_metrics = tr.prepare(params, batch, stats)
     # The minibatch order is a function of (seed, step), never of where a run was resumed.
@@ -476,7 +514,10 @@ def _rl_iteration(tr: Trainer, rl_step, step, params, opt_state, key, cfg: rl.RL
     t2 = time.perf_counter()
     m = {k: float(np.mean([float(x[k]) for x in metrics_list])) for k in metrics_list[0]} if metrics_list else {}
     m.update(batch_metrics)
-    m.update(tr.level_metrics())
+    m.update(tr.domain.metrics())
+    for d in tr.eval_domains.values():
+        if d is not tr.domain:
+            m.update(d.metrics())
     m.update(_summarise(stats, batch))
     gen_tokens = _generated_tokens(batch)
     env_steps = float(np.asarray(batch.valid).sum())
@@ -490,48 +531,33 @@ def _rl_iteration(tr: Trainer, rl_step, step, params, opt_state, key, cfg: rl.RL
     return params, opt_state, m, batch, stats
 
 
-def _blind_success(tr: Trainer) -> float:
-    """The best a policy that ignores the board can do on the SFT validation levels: repeat one action (the
-    best of the four) for the whole episode. A level set's mix of solutions makes this more than 1/4."""
-    keys, _ = tr.episode_keys(step=0, n_tasks=tr.eval_episodes, group=1, stream=SFT_VALIDATION_STREAM)
-
-    def episode(key, action):
-        state, ts = tr.env.reset(key)
-        def body(_, carry):
-            state, ts = carry
-            return tr.env.step(state, action)
-        return jax.lax.fori_loop(0, tr.env.max_steps, body, (state, ts))[1].success
-
-    per_action = jax.jit(jax.vmap(jax.vmap(episode, (0, None)), (None, 0)))(keys, jnp.arange(4))
-    return float(np.max(np.mean(np.asarray(per_action), axis=1)))
-
-
 def _sft_warmup(tr: Trainer, params, steps, levels, batch_size, max_response_tokens, logger, seed, data="solver",
                 max_success: Optional[float] = None, check_every: int = 10):
-    """Supervised warm-up on solver solutions (Sokoban); its own optimizer (gin scope `sft`).
+    """Supervised warm-up on the training domain's expert data (Sokoban: solver solutions); its own optimizer
+    (gin scope `sft`).
 
     max_success: stop early and keep the last parameters whose greedy success on a separate validation level
     set (checked every `check_every` steps) is at most this many points above the best board-blind policy's
     (one action repeated; `_blind_success`), so RL starts from a policy of a chosen competence, e.g. 0.05: one
     that does not read the board yet. None = run all `steps`.
     """
-    if tr.env_name != "sokoban":
-        raise ValueError("train.sft_steps > 0 is implemented for Sokoban (solver experts); set it to 0 for text envs.")
-    # The warm-up's levels avoid the held-out and validation sets by content, like the RL levels.
-    keys = tr.reserved_levels.exclude(tr.env, jax.random.split(jax.random.PRNGKey(seed + 10_000), levels)).keys
-    samples = sokoban_expert_samples(tr.env, tr.prompter, levels, seed + 10_000, max_response_tokens, data,
-                                     keys=keys)
+    domain = tr.domain
+    if max_success is not None and not hasattr(domain, "blind_success"):
+        raise ValueError(f"train.sft_max_success needs a board-blind baseline, which the {domain.name} domain does "
+                         "not define; set train.sft_max_success = None.")
+    # The warm-up's tasks avoid the held-out and validation sets (by content for Sokoban), like the RL tasks.
+    samples = domain.expert_samples(levels, seed + 10_000, max_response_tokens, data)
     with gin.config_scope("sft"):
         tx = optim.make_optimizer()
     # The expert samples are window samples [prompt P | answer N] in every prompt mode (a conversation
     # policy sees the same current-step text at the end of its buffer), so the loss uses their own layout.
     step_fn, opt_state, _ = tr.make_update(
-        functools.partial(learner.sft_loss, prompt_len=tr.prompter.max_prompt_tokens,
+        functools.partial(learner.sft_loss, prompt_len=domain.max_prompt_tokens,
                           chunk_size=tr.logits_chunk_size), tx, params)
     rng = np.random.default_rng(seed)
     done = 0
     kept, kept_step = params, 0  # the last parameters known to be within max_success
-    blind = _blind_success(tr) if max_success is not None else 0.0
+    blind = domain.blind_success("sft_validation", tr.eval_episodes) if max_success is not None else 0.0
     while done < steps:
         for mb in learner.minibatches(samples, batch_size, rng):
             params, opt_state, m = step_fn(params, opt_state, tr.shard(mb), jax.random.PRNGKey(done))
@@ -540,7 +566,7 @@ def _sft_warmup(tr: Trainer, params, steps, levels, batch_size, max_response_tok
                 logger.scalars(0, {f"sft/{k}": v for k, v in m.items()})
                 logger.write(f"sft step {done}/{steps}: nll {float(m['nll']):.4f}")
             if max_success is not None and (done % check_every == 0 or done == steps):
-                success = tr.evaluate(params, 0, stream=SFT_VALIDATION_STREAM)["eval/success_rate"]
+                success = tr.evaluate(params, 0, split="sft_validation")["eval/success_rate"]
                 if success > blind + max_success:
                     logger.write(f"sft step {done}: validation greedy success {success:.3f} > board-blind "
                                  f"{blind:.3f} + sft_max_success {max_success}; keeping the parameters of step "

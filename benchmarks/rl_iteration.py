@@ -123,12 +123,12 @@ def build_trainer(args, out_dir, model_path):
     kw = {k: v.default for k, v in inspect.signature(tm.train).parameters.items()
           if v.default is not inspect.Parameter.empty}
     kw.update(gin.get_bindings("train"))
-    if kw["env_name"] != "sokoban":
-        raise SystemExit(f"error: this benchmark plays Sokoban; {args.gin_file} sets train.env_name="
-                         f"{kw['env_name']!r}")
+    if kw["domain"] != "sokoban":
+        raise SystemExit(f"error: this benchmark plays Sokoban; {args.gin_file} sets train.domain="
+                         f"{kw['domain']!r}")
     cfg = rl.RLConfig()
     mesh = sharding.make_mesh()
-    tr = tm.Trainer(output_dir=kw["output_dir"], model_path=kw["model_path"], env_name="sokoban",
+    tr = tm.Trainer(output_dir=kw["output_dir"], model_path=kw["model_path"], domain="sokoban",
                     rollout_mode=kw["rollout_mode"], rl_config=cfg, tasks_per_step=kw["tasks_per_step"],
                     group_size=kw["group_size"], minibatch_size=kw["minibatch_size"],
                     max_response_tokens=kw["max_response_tokens"], temperature=kw["temperature"],
@@ -180,21 +180,22 @@ def device_vs_host(tr, batches, repeats, seed, device_kind, model):
     """Section 1: the same level keys, on-device episode vs host-driven loop."""
     import jax
     import numpy as np
-    from agentrl_jax.rollout import SokobanHostTask, host_rollout
+    from agentrl_jax.domains import Tasks
+    from agentrl_jax.rollout import host_rollout
 
     rows = []
     for e in batches:
         level_keys = jax.random.split(jax.random.PRNGKey(seed), e)
+        tasks = Tasks(np.arange(e), level_keys, "train")
 
         def run_device(r):
-            batch, stats = tr._device_rollout(tr.graphdef, tr.params, tr.env, tr.prompter, tr.gen_config,
-                                              level_keys, jax.random.PRNGKey(1000 + r),
-                                              invalid_penalty=tr.invalid_penalty)
+            batch, stats = tr.domain.device_rollout(tr.graphdef, tr.params, tr.gen_config, tasks,
+                                                    jax.random.PRNGKey(1000 + r), tr.invalid_penalty)
             return jax.device_get(jax.block_until_ready((batch, stats)))
 
         def run_host(r, timings):
             t0 = time.perf_counter()
-            task = SokobanHostTask(tr.env, tr.prompter, level_keys)
+            task = tr.domain.host_task(tasks)
             timings["setup"] = timings.get("setup", 0.0) + time.perf_counter() - t0
             return host_rollout(tr.graphdef, tr.params, task, tr.gen_config, jax.random.PRNGKey(1000 + r),
                                 tr.tokenizer, tr.max_prompt_tokens, tr.invalid_penalty, timings=timings)
@@ -287,7 +288,7 @@ def env_only(tr, batches, repeats, seed, device_kind, model):
     import jax.numpy as jnp
     import numpy as np
 
-    env = tr.env
+    env = tr.domain.env
 
     @functools.partial(jax.jit, static_argnums=1)
     def play(key, e):
@@ -362,7 +363,7 @@ def main(argv=None):
         n_params = sum(int(x.size) for x in jax.tree.leaves(tr.params))
         model = f"{args.model_config or 'tiny'} ({n_params / 1e6:.2f}M params)"
         header = (f"rl_iteration benchmark | device: {device_kind} | model: {model} | "
-                  f"Sokoban {tr.env.dim}x{tr.env.dim} max_steps={tr.env.max_steps} | "
+                  f"Sokoban {tr.domain.env.dim}x{tr.domain.env.dim} max_steps={tr.domain.env.max_steps} | "
                   f"max_new_tokens={tr.gen_config.max_new_tokens} temperature={tr.gen_config.temperature} | "
                   f"prompt buffer {tr.max_prompt_tokens} | {cfg.algorithm} {tr.tasks_per_step}x{tr.group_size}")
         rows = []

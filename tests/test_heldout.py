@@ -14,7 +14,7 @@ import pytest
 from helpers.gin_envs import sokoban_from_gin
 
 import envs.sokoban as sk
-from agentrl_jax import heldout, text_tasks
+from agentrl_jax import domains, heldout
 from agentrl_jax.train import HELD_OUT_STREAM, SFT_VALIDATION_STREAM
 
 GIN_DIR = os.path.join(os.path.dirname(__file__), "..", "gin")
@@ -128,7 +128,9 @@ def test_too_small_a_level_space_raises_naming_the_knobs():
 def test_alfworld_train_and_eval_splits_share_no_game():
     from envs.alfworld import list_games, resolve_data_path  # noqa: PLC0415
 
-    train_split, eval_split = text_tasks.DEFAULT_SPLITS["alfworld"]
+    cls = domains.domain_class("alfworld")
+    train_split, eval_split = cls.train_split, cls.splits[0]
+    assert eval_split == "valid_unseen"  # the study's out-of-distribution split
     root = resolve_data_path()
     games = {s: list_games(root, s) for s in (train_split, eval_split)}
 
@@ -155,8 +157,8 @@ def test_sciworld_train_and_eval_variations_are_disjoint():
         pytest.skip("needs a Java runtime on PATH for ScienceWorld")
     from envs.sciworld import TASK_NAMES  # noqa: PLC0415
 
-    train_split, eval_split = text_tasks.DEFAULT_SPLITS["sciworld"]
-    assert (train_split, eval_split) == ("train", "dev")
+    cls = domains.domain_class("sciworld")
+    assert (cls.train_split, *cls.splits) == ("train", "dev", "test")
     env = scienceworld.ScienceWorldEnv(envStepLimit=10)
     try:
         for task in TASK_NAMES:
@@ -169,14 +171,26 @@ def test_sciworld_train_and_eval_variations_are_disjoint():
         env.close()
 
 
-def test_text_envs_refuse_evaluating_on_the_training_split():
+def test_domains_refuse_a_split_that_does_not_exist_or_is_the_training_one():
     from transformers import AutoTokenizer
 
     from agentrl_jax.chat import ChatFormat
     from agentrl_jax.models.tiny import ensure_tiny_folder
-    from agentrl_jax.text_tasks import TextEnvSetup
 
     chat = ChatFormat.from_tokenizer(AutoTokenizer.from_pretrained(ensure_tiny_folder()), thinking=False)
+    with pytest.raises(ValueError, match="no split 'valid_unsen'.*valid_unseen"):
+        domains.make_domain("alfworld", chat=chat, seed=0, eval_split="valid_unsen")
+    alf = domains.make_domain("alfworld", chat=chat, seed=0)
+    assert alf.eval_split == "valid_unseen" and alf.eval_tasks(3).split == "valid_unseen"
+    with pytest.raises(ValueError, match="no split 'bogus'"):
+        alf.eval_tasks(3, "bogus")
+    assert alf.task_count("valid_unseen") == 18 and alf.task_count("valid_seen") == 6
+    with pytest.raises(ValueError, match="unknown domain 'webshopp'.*registered domains"):
+        domains.make_domain("webshopp", chat=chat, seed=0)
+    sok = domains.make_domain("sokoban", chat=chat, seed=0, num_eval_tasks=4)
     with pytest.raises(ValueError, match="must not be the training split"):
-        TextEnvSetup("alfworld", chat, splits=("train", "train"))
-    assert TextEnvSetup("alfworld", chat).splits == {"train": "train", "eval": "valid_unseen"}
+        sok.eval_tasks(2, "train")
+    with pytest.raises(ValueError, match="must not be the training split"):
+        domains.make_domain("sciworld", chat=chat, seed=0, eval_split="train")
+    with pytest.raises(ValueError, match="raise SokobanDomain.held_out_levels"):
+        sok.eval_tasks(5)
