@@ -23,6 +23,8 @@ CORE = [
     "tensorboardX>=2.6",
     "tqdm>=4.66",
     "psutil>=5.9",
+    # The evaluator's heatmap and the environment-axes scatter (Agg backend, no display needed).
+    "matplotlib>=3.8",
 ]
 
 EXTRAS = {

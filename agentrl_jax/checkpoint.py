@@ -243,6 +243,15 @@ class Checkpointer:
         )
         return _rewrap_keys(abstract_state, out[_STATE]), dict(out[_EXTRA] or {})
 
+    def restore_params(self, step: int, abstract_params: Any, key: str = "params") -> Any:
+        """Only the `key` subtree (the policy parameters) of `step`, onto the shardings of `abstract_params`;
+        the rest of the saved state (optimizer, reference policy, value head) is not read. For evaluation."""
+        target = {key: jax.tree.map(_abstract_key_data, abstract_params)}
+        restore_args = jax.tree.map(lambda a: ocp.ArrayRestoreArgs(sharding=a.sharding, dtype=a.dtype), target)
+        out = self._mgr.restore(step, args=ocp.args.Composite(**{
+            _STATE: ocp.args.PyTreeRestore(item=target, restore_args=restore_args, partial_restore=True)}))
+        return out[_STATE][key]
+
     def restore_latest(self, abstract_state: Any) -> Optional[Tuple[int, Any, dict]]:
         """``(step, state, extra)`` from the newest checkpoint that restores, or None if there is none.
 

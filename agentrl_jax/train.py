@@ -230,12 +230,11 @@ class Trainer:
         domain's `eval_split`), as `eval/<metric>`."""
         domain = domain or self.domain
         tasks = domain.eval_tasks(n_tasks or self.eval_episodes, split)
-        capacity = domain.batch_capacity() or tasks.num_episodes
-        parts = []
-        for start in range(0, tasks.num_episodes, capacity):  # a pool holds W x M episodes at a time
-            part = tasks.take(range(start, min(start + capacity, tasks.num_episodes)))
-            parts.append(self.rollout(params, part, jax.random.fold_in(jax.random.PRNGKey(step), start),
-                                      self.eval_config, domain))
+        if tasks.keys is not None:
+            tasks = dataclasses.replace(tasks, keys=jax.device_put(tasks.keys, self.train_sh.replicated))
+        key = jax.device_put(jax.random.PRNGKey(step), self.train_sh.replicated)
+        parts = domain.rollout_chunks(self.graphdef, params, tasks, key, self.config_for(domain, self.eval_config),
+                                      self.tokenizer, self.settings, timings=self.timings)
         return {f"eval/{k}": v for k, v in _summarise_parts(parts).items()}
 
     def evaluate_all(self, params, step: int) -> Dict[str, float]:

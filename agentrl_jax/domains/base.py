@@ -88,6 +88,9 @@ class Domain(abc.ABC):
     rollout_modes: ClassVar[Tuple[str, ...]] = ("host",)
     splits: ClassVar[Tuple[str, ...]] = ()
     train_split: ClassVar[str] = "train"
+    # The gin configurables whose bindings shape this domain's episodes (its own class, env, prompt); a changed
+    # binding invalidates the evaluator's stored cells of the domain.
+    gin_configurables: ClassVar[Tuple[str, ...]] = ()
 
     def __init__(self, chat, seed: int, eval_split: Optional[str] = None,
                  max_response_tokens: Optional[int] = None):
@@ -168,6 +171,19 @@ class Domain(abc.ABC):
                                              settings.max_context_tokens, settings.invalid_penalty, timings=timings)
         return host_rollout(graphdef, params, task, config, key, tokenizer, self.max_prompt_tokens,
                             settings.invalid_penalty, timings=timings)
+
+    def rollout_chunks(self, graphdef, params, tasks: Tasks, key, config: gen.GenerationConfig, tokenizer,
+                       settings: RolloutSettings, timings: Optional[Dict[str, float]] = None):
+        """`rollout` in batches of at most `batch_capacity()` episodes (a pool holds W x M at a time); a list of
+        (batch, stats), in task order. The first chunk samples with `key`, a later one with fold_in(key, its
+        first task's index)."""
+        capacity = self.batch_capacity() or max(tasks.num_episodes, 1)
+        parts = []
+        for start in range(0, tasks.num_episodes, capacity):
+            part = tasks.take(range(start, min(start + capacity, tasks.num_episodes)))
+            part_key = key if start == 0 else jax.random.fold_in(key, start)
+            parts.append(self.rollout(graphdef, params, part, part_key, config, tokenizer, settings, timings))
+        return parts
 
 
 _REGISTRY: Dict[str, Type[Domain]] = {}

@@ -40,6 +40,7 @@ class SokobanDomain(Domain):
     name = "sokoban"
     rollout_modes = ("device", "host")
     splits = tuple(SPLIT_STREAMS)
+    gin_configurables = ("SokobanDomain", "Sokoban", "SokobanGenerator", "SokobanPrompter")
 
     def __init__(self, chat, seed: int, num_eval_tasks: int = 64, held_out_levels: Optional[int] = None,
                  eval_split: Optional[str] = None, max_response_tokens: Optional[int] = None):

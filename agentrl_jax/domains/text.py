@@ -107,6 +107,7 @@ class AlfWorldDomain(TextDomain):
 
     name = "alfworld"
     splits = ("valid_unseen", "valid_seen")
+    gin_configurables = ("AlfWorldDomain", "AlfWorldEnv", "alfworld_factory")
 
     def __init__(self, chat, seed: int, num_eval_tasks: int = 0, num_workers: int = 2, envs_per_worker: int = 8,
                  max_steps: int = 50, max_prompt_tokens: int = 2048, window: int = 0,
@@ -143,6 +144,7 @@ class SciWorldDomain(TextDomain):
 
     name = "sciworld"
     splits = ("dev", "test")
+    gin_configurables = ("SciWorldDomain", "SciWorldEnv")
 
     def __init__(self, chat, seed: int, num_eval_tasks: int = 0, num_workers: int = 2, envs_per_worker: int = 8,
                  max_steps: int = 50, max_prompt_tokens: int = 2048, window: int = 2,
