@@ -5,6 +5,11 @@ Window mode (the study's): every valid (episode, turn) is one state→action sam
 
 GRPO: the group-normalised episode return is the advantage of every step of that episode.
 PPO: a critic value per turn (value head at the last prompt token), turn-level GAE over each episode's steps.
+
+Lost episodes (`EpisodeStats.lost`: cut short by a worker crash, timeout, env error or failed reset) are no
+evidence about the policy: `kept_episodes` drops them, `flatten_*(keep=...)` gives them no samples,
+`grpo_step_advantages(present=...)` leaves them out of their group's statistics, and `outcome_metrics`
+leaves them out of the success rate, return and length.
 """
 from __future__ import annotations
 
@@ -19,10 +24,35 @@ from agentrl_jax.policy import Policy, response_outputs
 from agentrl_jax.rollout import EpisodeStats, StepBatch
 
 
-def flatten_samples(batch: StepBatch) -> Tuple[Dict[str, np.ndarray], np.ndarray]:
-    """Valid (episode, turn) samples as packed host arrays, and their (episode, turn) index [S, 2]."""
+def kept_episodes(stats: EpisodeStats) -> np.ndarray:
+    """bool [E]: the episodes that count (all but the lost ones)."""
+    return ~np.asarray(stats.lost, bool)
+
+
+def outcome_metrics(stats: EpisodeStats) -> Dict[str, float]:
+    """success_rate / return / episode_length averaged over the kept episodes (NaN when every episode was
+    lost: no evidence either way), and lost_episodes, the number of episodes left out."""
+    kept = kept_episodes(stats)
+    mean = lambda x: float(np.mean(np.asarray(x, np.float64)[kept])) if kept.any() else float("nan")  # noqa: E731
+    return {"success_rate": mean(stats.success), "return": mean(stats.episode_return),
+            "episode_length": mean(stats.length), "lost_episodes": float(np.sum(~kept))}
+
+
+def _keep_mask(keep: Optional[np.ndarray], num_episodes: int, name: str = "keep") -> np.ndarray:
+    if keep is None:
+        return np.ones(num_episodes, bool)
+    keep = np.asarray(keep)
+    if keep.dtype != bool or keep.shape != (num_episodes,):
+        raise ValueError(f"{name} must be a bool array with one entry per episode, shape ({num_episodes},); got "
+                         f"{keep.dtype} {keep.shape}. Pass learner.kept_episodes(stats).")
+    return keep
+
+
+def flatten_samples(batch: StepBatch, keep: Optional[np.ndarray] = None) -> Tuple[Dict[str, np.ndarray], np.ndarray]:
+    """Valid (episode, turn) samples as packed host arrays, and their (episode, turn) index [S, 2].
+    keep: bool [E], only these episodes give samples (None: all)."""
     valid = np.asarray(batch.valid)
-    where = np.argwhere(valid)
+    where = np.argwhere(valid & _keep_mask(keep, valid.shape[0])[:, None])
     e, t = where[:, 0], where[:, 1]
     pick = lambda x: np.asarray(x)[e, t]  # noqa: E731
     samples = {
@@ -34,29 +64,35 @@ def flatten_samples(batch: StepBatch) -> Tuple[Dict[str, np.ndarray], np.ndarray
     return samples, where
 
 
-def flatten_conversations(batch) -> Tuple[Dict[str, np.ndarray], np.ndarray]:
+def flatten_conversations(batch, keep: Optional[np.ndarray] = None) -> Tuple[Dict[str, np.ndarray], np.ndarray]:
     """Conversation mode: one sample per episode. The packed layout is a 1-token "prompt" followed by the
-    rest of the buffer as "response" whose mask marks the policy's own tokens (score with prompt_len=1)."""
-    loss = np.asarray(batch.loss_mask)
+    rest of the buffer as "response" whose mask marks the policy's own tokens (score with prompt_len=1).
+    keep: bool [E], only these episodes give samples (None: all); the index [S, 2] holds (episode, 0)."""
+    rows = np.flatnonzero(_keep_mask(keep, np.shape(batch.loss_mask)[0]))
+    loss = np.asarray(batch.loss_mask)[rows]
     samples = {
-        "ids": np.asarray(batch.ids, np.int32),
-        "attn": np.asarray(batch.attn, np.int32),
+        "ids": np.asarray(batch.ids, np.int32)[rows],
+        "attn": np.asarray(batch.attn, np.int32)[rows],
         "response_mask": loss[:, 1:].astype(np.float32),
-        "sample_logprobs": np.asarray(batch.logprobs, np.float32)[:, 1:],
+        "sample_logprobs": np.asarray(batch.logprobs, np.float32)[rows, 1:],
     }
-    index = np.stack([np.arange(loss.shape[0]), np.zeros(loss.shape[0], np.int64)], axis=1)
+    index = np.stack([rows, np.zeros(len(rows), np.int64)], axis=1)
     return samples, index
 
 
 def grpo_step_advantages(episode_returns: np.ndarray, index: np.ndarray, group_size: int,
-                         normalize_std: bool = True, eps: float = 1e-6) -> np.ndarray:
-    """Episode e belongs to group e // group_size; each step gets its episode's normalised return."""
+                         normalize_std: bool = True, eps: float = 1e-6,
+                         present: Optional[np.ndarray] = None) -> np.ndarray:
+    """Episode e belongs to group e // group_size; each step gets its episode's normalised return.
+    present: bool [E], the episodes that enter their group's mean / std (None: all), e.g. `kept_episodes`; a
+    group with fewer than 2 present members gives its members advantage 0 (no baseline to compare with)."""
     returns = jnp.asarray(np.asarray(episode_returns), jnp.float32)
     n = returns.shape[0]
     if n % group_size:
         raise ValueError(f"{n} episodes do not split into groups of {group_size}.")
+    valid = None if present is None else jnp.asarray(_keep_mask(present, n, "present"), jnp.float32)
     adv = rl.group_advantages(returns, group_ids=jnp.arange(n) // group_size, num_groups=n // group_size,
-                              normalize_std=normalize_std, eps=eps)
+                              normalize_std=normalize_std, eps=eps, valid=valid)
     return np.asarray(adv)[index[:, 0]]
 
 

@@ -15,6 +15,10 @@ training sample with a freshly built prompt):
 Answers that do not parse get `invalid_penalty` (the study: -0.1) and do not step the env; the turn still
 counts toward the step limit. An answer cut off at max_new_tokens (no stop token) is malformed in both
 drivers, even when it holds a complete action block.
+
+Lost episodes: an episode cut short by the env machinery (a worker crash, a step timeout, an env error, a
+failed reset; see `envs/pool.py`) says nothing about the policy, so `EpisodeStats.lost` marks it and the
+learner leaves it out of the loss and the success rates (`learner.kept_episodes`, `learner.outcome_metrics`).
 """
 from __future__ import annotations
 
@@ -62,12 +66,34 @@ class StepBatch:
 
 @struct.dataclass
 class EpisodeStats:
-    """Per-episode outcome: return (sum of rewards), success, length (turns), truncated (hit the limit)."""
+    """Per-episode outcome [E]: return (sum of rewards), success, length (turns), truncated (did not succeed:
+    hit the limit or was cut short), lost (cut short by a worker crash, step timeout, env error or failed
+    reset, not by the policy: see `is_lost_step`; a lost episode never counts as a success)."""
 
     episode_return: Any
     success: Any
     length: Any
     truncated: Any
+    lost: Any
+
+
+NORMAL_TRUNCATION = "max_steps"  # the envs' own step limit (envs/alfworld.py, envs/sciworld.py, sokoban text env)
+
+
+def is_lost_step(step) -> bool:
+    """A `TextStep` that ends its episode for a reason other than the env's own step limit: the pool's
+    "worker_crashed", "timeout", "env_error: ...", "needs_reset: ..." (and a failed reset, which comes back as
+    one of these). A truncated step without a reason is the env's own limit (envs set none otherwise)."""
+    reason = step.info.get("truncated_reason", NORMAL_TRUNCATION) if step.info else NORMAL_TRUNCATION
+    return bool(step.truncated) and reason != NORMAL_TRUNCATION
+
+
+def _task_lost(task, num_episodes: int) -> np.ndarray:
+    """The task's per-episode lost flags (a task without a `lost` attribute never loses episodes)."""
+    lost = np.asarray(getattr(task, "lost", np.zeros(num_episodes, bool)), bool)
+    if lost.shape != (num_episodes,):
+        raise ValueError(f"task.lost must hold one bool per episode ({num_episodes}), got shape {lost.shape}")
+    return lost
 
 
 # ------------------------------------------------------------------------------------------- on device
@@ -131,7 +157,8 @@ def sokoban_device_rollout(graphdef, params, env: sk.Sokoban, prompter: SokobanP
     init = (jnp.int32(0), states, states, jnp.full((e,), -1, jnp.int32), done0, batch, jnp.zeros((e,), jnp.float32))
     _, final, _, _, _, batch, ret = jax.lax.while_loop(cond, body, init)
     length = jnp.sum(batch.valid, axis=1).astype(jnp.int32)
-    stats = EpisodeStats(episode_return=ret, success=final.success, length=length, truncated=~final.success)
+    stats = EpisodeStats(episode_return=ret, success=final.success, length=length, truncated=~final.success,
+                         lost=jnp.zeros((e,), bool))  # the JAX env has no worker to lose
     return batch, stats
 
 
@@ -156,6 +183,8 @@ class HostTask(Protocol):
 
     num_episodes: int
     max_turns: int
+    # Optional: lost [E] bool, episodes cut short by the env machinery (read after the reset and after each
+    # step; an episode lost at reset is never played). A task without it never loses episodes.
 
     def prompt_ids(self, episode: int) -> List[int]:
         """The full chat-templated prompt ids for this episode's current turn."""
@@ -183,7 +212,7 @@ def host_rollout(graphdef, params, task: HostTask, config: gen.GenerationConfig,
         "invalid": np.zeros((e, t_max), bool), "prompt_truncated": np.zeros((e, t_max), bool),
         "response_truncated": np.zeros((e, t_max), bool), "action": np.full((e, t_max), -1, np.int32),
     }
-    done = np.zeros(e, bool)
+    done = _task_lost(task, e).copy()  # lost at reset: nothing to play
     success = np.zeros(e, bool)
     timings = {} if timings is None else timings
     buckets = sorted(set(batch_buckets) | {e})
@@ -226,8 +255,10 @@ def host_rollout(graphdef, params, task: HostTask, config: gen.GenerationConfig,
             success[i] |= ep_success
             done[i] = ep_done or (t + 1 >= t_max)
     batch = StepBatch(**out)
+    lost = _task_lost(task, e)
+    success &= ~lost
     stats = EpisodeStats(episode_return=out["reward"].sum(1), success=success,
-                         length=out["valid"].sum(1).astype(np.int32), truncated=~success)
+                         length=out["valid"].sum(1).astype(np.int32), truncated=~success, lost=lost)
     return batch, stats
 
 
@@ -250,6 +281,7 @@ class SokobanHostTask:
         self.prev = list(self.states)
         self.prev_action = [-1] * self.num_episodes
         self.turn = [0] * self.num_episodes
+        self.lost = np.zeros(self.num_episodes, bool)  # no worker to lose: JAX steps it in this process
 
     def prompt_ids(self, episode: int) -> List[int]:
         return self.prompter.host_prompt_ids(self.states[episode], self.prev[episode], self.prev_action[episode],
@@ -283,6 +315,8 @@ class PoolTask:
 
     prompt_fn(step: TextStep, history: list[(obs, action)], turn: int) -> prompt text; the text becomes one
     user turn through `chat.encode_conversation`. Actions are parsed with `chat.parse_action_text`.
+    lost[i] / lost_reason[i]: episode i was cut short by the pool (worker crash, timeout, env error, failed
+    reset) and the pool's `truncated_reason`; `host_rollout` does not play an episode lost at reset.
     """
 
     def __init__(self, pool, env_ids: Sequence[int], seeds: Sequence[int], chat, prompt_fn, max_turns: int):
@@ -294,7 +328,14 @@ class PoolTask:
         self.num_episodes, self.max_turns = len(self.env_ids), int(max_turns)
         self.steps = pool.reset(self.env_ids, list(seeds))
         self.history: List[List[Tuple[str, str]]] = [[] for _ in self.env_ids]
-        self.crashed = 0
+        self.lost: List[bool] = [False] * self.num_episodes
+        self.lost_reason: List[Optional[str]] = [None] * self.num_episodes
+        for i, ts in enumerate(self.steps):
+            self._note(i, ts)
+
+    def _note(self, episode: int, ts) -> None:
+        if is_lost_step(ts) and not self.lost[episode]:  # keep the first reason, not a later "needs_reset: ..."
+            self.lost[episode], self.lost_reason[episode] = True, str(ts.info["truncated_reason"])
 
     def prompt_ids(self, episode: int) -> List[int]:
         text = self.prompt_fn(self.steps[episode], self.history[episode], len(self.history[episode]))
@@ -324,8 +365,8 @@ class PoolTask:
             ts = results[i]
             self.history[i].append((self.steps[i].observation, act))
             self.steps[i] = ts
-            self.crashed += int(ts.truncated and "truncated_reason" in ts.info and ts.info["truncated_reason"] != "max_steps")
-            out.append((float(ts.reward), bool(ts.done), bool(ts.success), False, -1))
+            self._note(i, ts)
+            out.append((float(ts.reward), bool(ts.done), bool(ts.success) and not self.lost[i], False, -1))
         return out
 
 
@@ -397,7 +438,7 @@ def host_conversation_rollout(graphdef, params, task, chat, config: gen.Generati
     invalid = np.zeros((e, t_max), bool)
     resp_trunc = np.zeros((e, t_max), bool)
     ctx_trunc = np.zeros(e, bool)
-    done = np.zeros(e, bool)
+    done = _task_lost(task, e).copy()  # lost at reset: nothing to play
     success = np.zeros(e, bool)
     timings = {} if timings is None else timings
     cache = _policy_cache(graphdef, params, e, max_total_tokens)
@@ -457,6 +498,8 @@ def host_conversation_rollout(graphdef, params, task, chat, config: gen.Generati
         out["loss_mask"][i, size - k:], out["logprobs"][i, size - k:] = loss[i], lps[i]
     batch = ConversationBatch(**out, reward=reward, valid=valid, invalid=invalid, response_truncated=resp_trunc,
                               context_truncated=ctx_trunc)
+    lost = _task_lost(task, e)
+    success &= ~lost
     stats = EpisodeStats(episode_return=reward.sum(1), success=success, length=valid.sum(1).astype(np.int32),
-                         truncated=~success)
+                         truncated=~success, lost=lost)
     return batch, stats

@@ -24,7 +24,9 @@ Failure handling (the batch always comes back, one `TextStep` per id):
   then need a reset, so a caught error leaves no stale reply behind; the next call that needs the worker
   tries to start it again. A call interrupted by an exception (e.g. a signal handler) kills the workers
   whose replies are still on their way, for the same reason.
-- `stats()` counts restarts, timeouts, crashes and env errors for the trainer's logs.
+- `stats()` counts restarts, timeouts, crashes and env errors for the trainer's logs; each restart after a
+  failed call also logs one warning (logger "envs.pool") naming the worker, the reason and how many episodes
+  it lost (envs mid-episode or being reset in that worker).
 - `timings()` splits the calls' wall time into time inside env code (measured by the workers) and the pool's
   own cost (pipes, pickling, scheduling), within the same calls.
 
@@ -42,6 +44,7 @@ from __future__ import annotations
 
 import atexit
 import dataclasses
+import logging
 import multiprocessing as mp
 import multiprocessing.connection as mp_connection
 import os
@@ -70,6 +73,7 @@ DEFAULT_WORKER_ENV = {
 }
 
 _ENV_LOCK = threading.Lock()  # guards the temporary os.environ patch while a worker is spawned
+_log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -344,6 +348,8 @@ class EnvPool:
         self._timing = _zero_timing()
         # per env: None = an episode is running (as far as the pool knows), else why the env needs a reset
         self._lost: list[str | None] = ["not_reset"] * self.num_envs
+        # per env: an episode is under way (reset, not yet done): what a restart loses, for its warning
+        self._running: list[bool] = [False] * self.num_envs
         self._workers = [_Worker(i) for i in range(num_workers)]
         self._finalizer = weakref.finalize(self, _close_pool, self._workers)
         atexit.register(self._finalizer)
@@ -394,15 +400,20 @@ class EnvPool:
             self._stats["restarts"] += 1
         w.starts += 1
 
-    def _stop(self, w: _Worker, reason: str) -> None:
-        """Kill a worker; its envs lose their episodes. The next call that needs it starts it again."""
+    def _stop(self, w: _Worker, reason: str) -> list[int]:
+        """Kill a worker; its envs lose their episodes (returned: the env ids that were mid-episode). The next
+        call that needs it starts it again."""
         _kill_worker(w)
+        lost = [i for i in self._ids_of(w.index) if self._running[i]]
         for i in self._ids_of(w.index):
-            self._lost[i] = reason
+            self._lost[i], self._running[i] = reason, False
+        return lost
 
-    def _restart(self, w: _Worker, reason: str) -> None:
-        self._stop(w, reason)
+    def _restart(self, w: _Worker, reason: str, starting: bool = False) -> None:
+        lost = self._stop(w, reason)
         self._start(w)
+        _log.warning("EnvPool worker %d restarted after %s%s: %d episode(s) lost (env ids %s)", w.index, reason,
+                     " while starting" if starting else "", len(lost), lost)
 
     def _ids_of(self, worker: int) -> range:
         return range(worker * self.envs_per_worker, (worker + 1) * self.envs_per_worker)
@@ -531,9 +542,12 @@ class EnvPool:
             raise ValueError(f"reset: got {len(ids)} ids but {len(seeds)} seeds; pass one seed per id")
         with self._lock:
             self._stats["resets"] += len(ids)
+            for i in ids:  # the caller's new episodes: lost too if the worker dies during the reset
+                self._running[i] = True
             out = self._dispatch("reset", ids, [int(s) for s in seeds], self.reset_timeout_s)
             for i, r in zip(ids, out):
                 self._lost[i] = None if self._is_ok(r) else self._lost[i] or "failed_reset"
+                self._running[i] = self._is_ok(r)
             return [self._as_step(r) for r in out]
 
     def step(self, ids: Sequence[int], actions: Sequence[str]) -> list[TextStep]:
@@ -555,6 +569,7 @@ class EnvPool:
                                      self.step_timeout_s)
                 for k, r in zip(live, got):
                     results[k] = r
+                    self._running[ids[k]] = self._is_ok(r) and not r[1].done
                     if not self._is_ok(r) and self._lost[ids[k]] is None:
                         self._lost[ids[k]] = self._as_step(r).info["truncated_reason"]
             return [self._as_step(r) for r in results]
@@ -705,7 +720,7 @@ class EnvPool:
             if wi in given_up:
                 self._stop(self._workers[wi], reason)
             else:
-                self._restart(self._workers[wi], reason)
+                self._restart(self._workers[wi], reason, starting=wi in start_errors)
         for k, r in enumerate(results):
             if r[0] == "err":
                 self._stats["env_errors"] += 1
@@ -719,6 +734,7 @@ class EnvPool:
         for i in ids:
             if self._lost[i] is None:
                 self._lost[i] = reason
+            self._running[i] = False  # lost here already, not by a later restart
 
     def _payload(self, op: str, ids: list[int], args: list[Any], wi: int, ks: list[int]):
         locals_ = [ids[k] - wi * self.envs_per_worker for k in ks]

@@ -19,6 +19,7 @@ from agentrl_jax.models.tiny import ensure_tiny_folder
 from agentrl_jax.policy import load_policy
 from agentrl_jax.rollout import SokobanHostTask, host_rollout, sokoban_device_rollout
 from agentrl_jax.sokoban_prompt import SokobanPrompter
+from helpers.fixed_answer import fixed_answer_policy
 
 
 @pytest.fixture(scope="module")
@@ -141,6 +142,8 @@ def test_device_rollout_matches_host_rollout_and_masks(tokenizer, policy):
     np.testing.assert_allclose(dev_batch.reward, host_batch.reward, atol=1e-6)
     np.testing.assert_allclose(dev_batch.logprobs, host_batch.logprobs, atol=1e-4)
     np.testing.assert_array_equal(dev_stats.success, host_stats.success)
+    # JAX Sokoban has no worker to lose: no episode is lost on either path.
+    assert not np.asarray(dev_stats.lost).any() and not host_stats.lost.any()
     # The loss mask covers exactly the generated tokens: a prefix of each row, pad after it.
     rm = np.asarray(dev_batch.response_mask)
     assert np.all(np.diff(rm, axis=-1) <= 0)
@@ -179,6 +182,7 @@ def test_conversation_mode_keeps_generated_ids_and_scores_consistently(tokenizer
     batch, stats = host_conversation_rollout(graphdef, params, task, chat, cfg, jax.random.PRNGKey(3), tokenizer,
                                              max_total_tokens=500)
     assert not np.asarray(batch.context_truncated).any() and np.all(stats.length == 4)
+    assert stats.lost.shape == (4,) and not stats.lost.any()
     ids, attn, loss = (np.asarray(x) for x in (batch.ids, batch.attn, batch.loss_mask))
     assert loss.sum() > 0 and np.all(attn[loss == 1] == 1)
     # The buffer starts with the chat-templated first message, and every turn after it is appended, never
@@ -198,51 +202,13 @@ def test_conversation_mode_keeps_generated_ids_and_scores_consistently(tokenizer
 
 
 # ------------------------------------------------------------------ a policy whose answers are known
-def _successor_policy(successor: dict, vocab: int = 1032):
-    """A real one-layer decoder whose greedy (and, at logit margin 80, sampled) next token depends only on the
-    current token: attention and MLP outputs are zeroed, so the last hidden state is the token's one-hot
-    embedding, and the LM head maps it to `successor[token]`. Lets a rollout test fix the exact answer."""
-    from agentrl_jax.models import ModelConfig
-    from agentrl_jax.models.decoder import build_model
-
-    cfg = ModelConfig(vocab_size=vocab, hidden_size=64, intermediate_size=64, num_layers=1, num_heads=2,
-                      num_kv_heads=1, head_dim=32)
-    assert len(successor) <= cfg.hidden_size
-    rng = np.random.default_rng(0)
-
-    def value(path, shape, dtype, names):
-        if path[-1] == "scale":
-            return np.ones(shape)
-        if path[-2] in ("o_proj", "down_proj"):
-            return np.zeros(shape)
-        if path[0] == "embed_tokens":
-            emb = np.zeros(shape)
-            for k, tok in enumerate(successor):
-                emb[tok, k] = 1.0
-            return emb
-        if path[0] == "lm_head":
-            head = np.zeros(shape)
-            for k, tok in enumerate(successor):
-                head[k, successor[tok]] = 10.0
-            return head
-        return 0.02 * rng.standard_normal(shape)
-
-    return build_model(cfg, value)
-
-
 @pytest.fixture(scope="module")
 def up_policy(tokenizer):
     """Answers `<action>up</action><|im_end|>` after any generation prompt (thinking off); a row that starts
     from a pad token (id 0) repeats "x" forever, so a padding row left live runs to max_new_tokens."""
     chat = ChatFormat.from_tokenizer(tokenizer, thinking=False)
-    gen_last = chat.generation_prompt_ids()[-1]
-    answer = chat.encode_content("<action>up</action>")
-    x = chat.encode_content("x")[0]
-    chain = [gen_last, *answer, chat.stop_ids[0]]
-    successor = dict(zip(chain[:-1], chain[1:]))
-    successor.update({0: x, x: x})
-    assert len(set(chain)) == len(chain) and not {0, x} & set(chain)
-    return chat, _successor_policy(successor), len(answer)
+    policy, answer_len = fixed_answer_policy(chat, "<action>up</action>")
+    return chat, policy, answer_len
 
 
 @pytest.mark.slow
@@ -308,6 +274,7 @@ def test_host_rollout_padding_rows_cost_no_decode_steps(tokenizer, up_policy):
     batch, stats = host_rollout(graphdef, params, _FixedLengthTask(chat, (1, 3, 3)), cfg, jax.random.PRNGKey(0),
                                 tokenizer, 32, timings=timings)
     np.testing.assert_array_equal(stats.length, [1, 3, 3])
+    np.testing.assert_array_equal(stats.lost, [False] * 3)  # a task without `lost` loses nothing
     assert not batch.invalid[batch.valid].any()
     assert np.all(batch.response_mask.sum(-1)[batch.valid] == answer_len + 1)
     assert timings["decode_steps"] == 3 * (answer_len + 1)  # 3 turns, each the real rows' answer only

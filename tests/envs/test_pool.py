@@ -149,6 +149,23 @@ def test_hung_step_times_out_and_worker_is_replaced(pool):
     assert pool.reset([2, 3], [2, 3])[1].info["pid"] == pool.worker_pids()[1]
 
 
+def test_each_restart_logs_one_warning_with_the_episodes_it_lost(pool, caplog):
+    """Worker 0 crashes while env 1's episode had already ended: only env 0's episode is lost. Worker 1 hangs
+    on env 3 while env 2 is mid-episode (not in the call): both are lost."""
+    import logging
+
+    caplog.set_level(logging.WARNING, logger="envs.pool")
+    pool.reset([0, 1, 2, 3], [0, 1, 2, 3])
+    assert pool.step([1], ["add 10"])[0].done
+    pool.step([0, 2], ["crash", "add 1"])
+    pool.step([3], ["sleep 60"])
+    pool.step([0], ["add 1"])  # needs a reset: answered by the pool, no restart, no warning
+    warnings = [r.getMessage() for r in caplog.records if r.name == "envs.pool" and r.levelno == logging.WARNING]
+    assert warnings == ["EnvPool worker 0 restarted after worker_crashed: 1 episode(s) lost (env ids [0])",
+                        "EnvPool worker 1 restarted after timeout: 2 episode(s) lost (env ids [2, 3])"]
+    assert pool.stats()["restarts"] == len(warnings)
+
+
 @pytest.mark.parametrize("action", ["crash", "segfault"])
 def test_worker_death_in_env_code_is_marked(pool, action):
     pool.reset([0, 2], [0, 2])
