@@ -312,7 +312,8 @@ def evaluate(
     seeds = [int(s) for s in seeds]
     logger = MetricsLogger(os.path.join(output_dir, "tb"), progress=False)
     replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-    # Each row's domains are built with the row's chat format (thinking), lazily, and closed after the row.
+    # Domains are built lazily per (thinking setting, domain): rows that read the same prompts share the pools.
+    built: Dict[Tuple[bool, str, str], registry.Domain] = {}
     plan = [(row, step, d) for row in rows for step in row.steps for d in domains]
     total, done, reused = len(plan) * len(seeds), 0, 0
     cells: Dict[Tuple[str, str], List[dict]] = {}
@@ -321,49 +322,52 @@ def evaluate(
         for row in rows:
             graphdef, tokenizer = policies.model(row.model_path)[0], policies.model(row.model_path)[3]
             chat = ChatFormat.from_tokenizer(tokenizer, thinking=row.thinking)
-            built: Dict[str, registry.Domain] = {}
-            try:
-                for step in row.steps:
-                    params = None
-                    for name in domains:
-                        n_tasks = _episodes_for(name, episodes)
-                        if name not in built:
-                            built[name] = registry.make_domain(name, chat=chat, seed=task_seed,
-                                                              num_eval_tasks=n_tasks or 64)
-                        domain = built[name]
-                        split = domain.check_eval_split(splits.get(name, domain.eval_split))
-                        n = n_tasks or domain.task_count(split) or 64
-                        tasks = domain.eval_tasks(n, split)
-                        if tasks.keys is not None:  # keys live replicated next to the (sharded) parameters
-                            tasks = dataclasses.replace(tasks, keys=jax.device_put(tasks.keys, replicated))
-                        domain_meta[name] = {"split": split, "tasks": n}
-                        cfg = _eval_config(tokenizer, chat, temperature, domain.max_response_tokens or max_response_tokens)
-                        cell_settings = {"domain": name, "split": split, "tasks": n, "temperature": temperature,
-                                         "max_new_tokens": cfg.max_new_tokens, "rollout": dataclasses.asdict(settings),
-                                         "task_seed": task_seed, "domain_config": _domain_config(name)}
-                        for seed in seeds:
-                            spec = CellSpec(row.name, step, name, split, seed)
-                            fp = cell_fingerprint(row, spec, cell_settings)
-                            cell = read_cell(cells_dir, spec, fp)
-                            done += 1
-                            if cell is not None:
-                                reused += 1
-                            else:
-                                if params is None:
-                                    _, params, _ = policies.params(row, step)
-                                t0 = time.perf_counter()
-                                key = jax.device_put(jax.random.fold_in(jax.random.PRNGKey(seed), step), replicated)
-                                parts = domain.rollout_chunks(graphdef, params, tasks, key, cfg, tokenizer, settings)
-                                cell = {"id": spec.cell_id, "fingerprint": fp, **dataclasses.asdict(spec),
-                                        "seconds": time.perf_counter() - t0, **cell_metrics(parts)}
-                                write_cell(cells_dir, cell)
-                                logger.write(f"cell {done}/{total}: {row.name} step {step} on {name}/{split} seed "
-                                             f"{seed}: success {cell['success_rate']:.3f} over {n} tasks "
-                                             f"({cell['seconds']:.1f} s)")
-                            cells.setdefault((row.name, name), []).append(cell)
-            finally:
-                for d in built.values():
-                    d.close()
+            for step in row.steps:
+                params = None
+                for name in domains:
+                    n_tasks = _episodes_for(name, episodes)
+                    if (row.thinking, row.model_path, name) not in built:
+                        built[(row.thinking, row.model_path, name)] = registry.make_domain(
+                            name, chat=chat, seed=task_seed, num_eval_tasks=n_tasks or 64)
+                    domain = built[(row.thinking, row.model_path, name)]
+                    split = domain.check_eval_split(splits.get(name, domain.eval_split))
+                    n = n_tasks or domain.task_count(split) or 64
+                    tasks = domain.eval_tasks(n, split)
+                    if tasks.keys is not None:  # keys live replicated next to the (sharded) parameters
+                        tasks = dataclasses.replace(tasks, keys=jax.device_put(tasks.keys, replicated))
+                    domain_meta[name] = {"split": split, "tasks": n}
+                    cfg = _eval_config(tokenizer, chat, temperature, domain.max_response_tokens or max_response_tokens)
+                    cell_settings = {"domain": name, "split": split, "tasks": n, "temperature": temperature,
+                                     "max_new_tokens": cfg.max_new_tokens, "rollout": dataclasses.asdict(settings),
+                                     "task_seed": task_seed, "domain_config": _domain_config(name)}
+                    for seed in seeds:
+                        spec = CellSpec(row.name, step, name, split, seed)
+                        fp = cell_fingerprint(row, spec, cell_settings)
+                        cell = read_cell(cells_dir, spec, fp)
+                        done += 1
+                        if cell is not None:
+                            reused += 1
+                        else:
+                            if params is None:
+                                _, params, _ = policies.params(row, step)
+                            t0 = time.perf_counter()
+                            key = jax.device_put(jax.random.fold_in(jax.random.PRNGKey(seed), step), replicated)
+                            def progress(k, n_all, _msg=f"{row.name} step {step} on {name} seed {seed}"):
+                                if k < n_all:  # a cell of several pool batches reports as it goes
+                                    logger.write(f"  {_msg}: {k}/{n_all} episodes")
+
+                            parts = domain.rollout_chunks(graphdef, params, tasks, key, cfg, tokenizer, settings,
+                                                          progress=progress)
+                            cell = {"id": spec.cell_id, "fingerprint": fp, **dataclasses.asdict(spec),
+                                    "seconds": time.perf_counter() - t0, **cell_metrics(parts)}
+                            write_cell(cells_dir, cell)
+                            logger.write(f"cell {done}/{total}: {row.name} step {step} on {name}/{split} seed "
+                                         f"{seed}: success {cell['success_rate']:.3f} over {n} tasks "
+                                         f"({cell['seconds']:.1f} s)")
+                        cells.setdefault((row.name, name), []).append(cell)
+                    # Per-checkpoint curves: the seeds' mean at the checkpoint's step.
+                    rates = [c["success_rate"] for c in cells[(row.name, name)] if c["step"] == step]
+                    logger.scalars(step, {f"checkpoints/{row.name}/{name}/success_rate": float(np.mean(rates))})
         results = _results(rows, list(domains), cells, seeds, domain_meta, n_boot, interval_level, tie,
                            compare_to)
         results["cells_reused"], results["cells_total"] = reused, total
@@ -372,6 +376,8 @@ def evaluate(
                      f"{os.path.join(output_dir, 'results.json')}")
         return results
     finally:
+        for d in built.values():
+            d.close()
         logger.close()
 
 

@@ -281,7 +281,11 @@ class Trainer:
         """The packed samples of a rollout batch with old / reference log-probs and advantages, and the
         metrics only the whole batch can give (explained variance, the KL folded into the rewards)."""
         flatten = learner.flatten_conversations if self.prompt_mode == "conversation" else learner.flatten_samples
-        samples, index = flatten(batch)
+        # Episodes lost to an env crash or timeout are out of the loss and out of their groups' baselines.
+        keep = _kept(stats)
+        if not keep.any():
+            raise EpisodesLost("every episode of the step was lost to env crashes or timeouts")
+        samples, index = flatten(batch, keep=keep)
         scored = self._score_all(params, samples)
         samples["old_logprobs"] = scored["logprobs"]
         if self.ref_params is not None:
@@ -295,7 +299,8 @@ class Trainer:
             metrics["kl_reward_penalty"] = float(penalty.mean())
         if self.cfg.algorithm == "grpo":
             samples["advantages"] = learner.grpo_step_advantages(returns_e, index, self.group_size,
-                                                                 self.cfg.grpo_normalize_std, self.cfg.grpo_eps)
+                                                                 self.cfg.grpo_normalize_std, self.cfg.grpo_eps,
+                                                                 present=keep)
         else:
             values_et = np.zeros(np.asarray(batch.valid).shape, np.float32)
             values_et[index[:, 0], index[:, 1]] = scored["values"]
@@ -484,6 +489,10 @@ def train(
     return last
 
 
+class EpisodesLost(RuntimeError):
+    """A step whose episodes were all lost (env crashes / timeouts): it gives no samples."""
+
+
 def _preempted_mid_step() -> bool:
     """A preemption signal seen between minibatches. Single process only: with several processes every host
     must stop at the same point, which only the step-end sync point (`ckpt.preemption_requested(step)`) gives."""
@@ -498,7 +507,12 @@ def _rl_iteration(tr: Trainer, rl_step, step, params, opt_state, key, cfg: rl.RL
     tr.timings.clear()
     batch, stats = tr.rollout(params, tasks, jax.random.fold_in(key, step), tr.gen_config)
     t1 = time.perf_counter()
-    samples, batch_metrics = tr.prepare(params, batch, stats)
+    try:
+        samples, batch_metrics = tr.prepare(params, batch, stats)
+    except EpisodesLost as e:  # nothing to learn from: keep the parameters, log the step
+        log.warning("step %d: %s; no update this step", step, e)
+        samples, batch_metrics = {"ids": np.zeros((0, 1), np.int32)}, {}
+        cfg = dataclasses.replace(cfg, ppo_epochs=0)
     # The minibatch order is a function of (seed, step), never of where a run was resumed.
     rng = np.random.default_rng([tr.seed, step])
     metrics_list = []
@@ -518,6 +532,7 @@ def _rl_iteration(tr: Trainer, rl_step, step, params, opt_state, key, cfg: rl.RL
         if d is not tr.domain:
             m.update(d.metrics())
     m.update(_summarise(stats, batch))
+    m[f"env/{tr.domain.name}/crashed_episodes"] = m["lost_episodes"]
     gen_tokens = _generated_tokens(batch)
     env_steps = float(np.asarray(batch.valid).sum())
     m.update({

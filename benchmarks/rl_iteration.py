@@ -134,7 +134,8 @@ def build_trainer(args, out_dir, model_path):
                     max_response_tokens=kw["max_response_tokens"], temperature=kw["temperature"],
                     top_p=kw["top_p"], top_k=kw["top_k"], eval_temperature=kw["eval_temperature"],
                     eval_episodes=kw["eval_episodes"], invalid_penalty=kw["invalid_penalty"], seed=args.seed,
-                    mesh=mesh, thinking=kw["thinking"], logits_chunk_size=kw["logits_chunk_size"])
+                    mesh=mesh, thinking=kw["thinking"], logits_chunk_size=kw["logits_chunk_size"],
+                    eval_domains=tuple(kw.get("eval_domains", ())))
     tx = optim.make_optimizer()
     o_sh = sharding.tree_shardings(jax.eval_shape(tx.init, tr.params), mesh, tr.rules)
     opt_state = jax.jit(tx.init, out_shardings=o_sh)(tr.params)

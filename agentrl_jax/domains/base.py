@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
-from typing import Any, ClassVar, Dict, Optional, Sequence, Tuple, Type
+from typing import Any, Callable, ClassVar, Dict, Optional, Sequence, Tuple, Type
 
 import jax
 import numpy as np
@@ -173,16 +173,19 @@ class Domain(abc.ABC):
                             settings.invalid_penalty, timings=timings)
 
     def rollout_chunks(self, graphdef, params, tasks: Tasks, key, config: gen.GenerationConfig, tokenizer,
-                       settings: RolloutSettings, timings: Optional[Dict[str, float]] = None):
+                       settings: RolloutSettings, timings: Optional[Dict[str, float]] = None,
+                       progress: Optional[Callable[[int, int], None]] = None):
         """`rollout` in batches of at most `batch_capacity()` episodes (a pool holds W x M at a time); a list of
         (batch, stats), in task order. The first chunk samples with `key`, a later one with fold_in(key, its
-        first task's index)."""
+        first task's index). progress(done, total) is called after each chunk (long evaluations report)."""
         capacity = self.batch_capacity() or max(tasks.num_episodes, 1)
         parts = []
         for start in range(0, tasks.num_episodes, capacity):
             part = tasks.take(range(start, min(start + capacity, tasks.num_episodes)))
             part_key = key if start == 0 else jax.random.fold_in(key, start)
             parts.append(self.rollout(graphdef, params, part, part_key, config, tokenizer, settings, timings))
+            if progress is not None:
+                progress(start + part.num_episodes, tasks.num_episodes)
         return parts
 
 
