@@ -296,8 +296,7 @@ def evaluate(
     run = augmented, that one = base). task_seed: the seed of the task sets (Sokoban's held-out levels: use the
     training runs' train.seed to get the levels they held out).
     """
-    for name in domains:
-        registry.domain_class(name)
+    columns = [parse_column(c) for c in domains]
     if not domains:
         raise ValueError("evaluate.domains is empty; list the domains to evaluate, e.g. ['sokoban', 'alfworld'].")
     if prompt_mode not in registry.PROMPT_MODES or rollout_mode not in registry.ROLLOUT_MODES:
@@ -314,7 +313,7 @@ def evaluate(
     replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
     # Domains are built lazily per (thinking setting, domain): rows that read the same prompts share the pools.
     built: Dict[Tuple[bool, str, str], registry.Domain] = {}
-    plan = [(row, step, d) for row in rows for step in row.steps for d in domains]
+    plan = [(row, step, c) for row in rows for step in row.steps for c in columns]
     total, done, reused = len(plan) * len(seeds), 0, 0
     cells: Dict[Tuple[str, str], List[dict]] = {}
     domain_meta: Dict[str, Dict[str, Any]] = {}
@@ -324,20 +323,20 @@ def evaluate(
             chat = ChatFormat.from_tokenizer(tokenizer, thinking=row.thinking)
             for step in row.steps:
                 params = None
-                for name in domains:
-                    n_tasks = _episodes_for(name, episodes)
+                for label, name, col_split in columns:
+                    n_tasks = _episodes_for(label, episodes) or _episodes_for(name, episodes)
                     if (row.thinking, row.model_path, name) not in built:
                         built[(row.thinking, row.model_path, name)] = registry.make_domain(
                             name, chat=chat, seed=task_seed, num_eval_tasks=n_tasks or 64)
                     domain = built[(row.thinking, row.model_path, name)]
-                    split = domain.check_eval_split(splits.get(name, domain.eval_split))
+                    split = domain.check_eval_split(col_split or splits.get(name, domain.eval_split))
                     n = n_tasks or domain.task_count(split) or 64
                     tasks = domain.eval_tasks(n, split)
                     if tasks.keys is not None:  # keys live replicated next to the (sharded) parameters
                         tasks = dataclasses.replace(tasks, keys=jax.device_put(tasks.keys, replicated))
-                    domain_meta[name] = {"split": split, "tasks": n}
+                    domain_meta[label] = {"domain": name, "split": split, "tasks": n}
                     cfg = _eval_config(tokenizer, chat, temperature, domain.max_response_tokens or max_response_tokens)
-                    cell_settings = {"domain": name, "split": split, "tasks": n, "temperature": temperature,
+                    cell_settings = {"column": label, "domain": name, "split": split, "tasks": n, "temperature": temperature,
                                      "max_new_tokens": cfg.max_new_tokens, "rollout": dataclasses.asdict(settings),
                                      "task_seed": task_seed, "domain_config": _domain_config(name)}
                     for seed in seeds:
@@ -352,7 +351,7 @@ def evaluate(
                                 _, params, _ = policies.params(row, step)
                             t0 = time.perf_counter()
                             key = jax.device_put(jax.random.fold_in(jax.random.PRNGKey(seed), step), replicated)
-                            def progress(k, n_all, _msg=f"{row.name} step {step} on {name} seed {seed}"):
+                            def progress(k, n_all, _msg=f"{row.name} step {step} on {label} seed {seed}"):
                                 if k < n_all:  # a cell of several pool batches reports as it goes
                                     logger.write(f"  {_msg}: {k}/{n_all} episodes")
 
@@ -364,11 +363,11 @@ def evaluate(
                             logger.write(f"cell {done}/{total}: {row.name} step {step} on {name}/{split} seed "
                                          f"{seed}: success {cell['success_rate']:.3f} over {n} tasks "
                                          f"({cell['seconds']:.1f} s)")
-                        cells.setdefault((row.name, name), []).append(cell)
+                        cells.setdefault((row.name, label), []).append(cell)
                     # Per-checkpoint curves: the seeds' mean at the checkpoint's step.
-                    rates = [c["success_rate"] for c in cells[(row.name, name)] if c["step"] == step]
-                    logger.scalars(step, {f"checkpoints/{row.name}/{name}/success_rate": float(np.mean(rates))})
-        results = _results(rows, list(domains), cells, seeds, domain_meta, n_boot, interval_level, tie,
+                    rates = [c["success_rate"] for c in cells[(row.name, label)] if c["step"] == step]
+                    logger.scalars(step, {f"checkpoints/{row.name}/{label}/success_rate": float(np.mean(rates))})
+        results = _results(rows, [c[0] for c in columns], cells, seeds, domain_meta, n_boot, interval_level, tie,
                            compare_to)
         results["cells_reused"], results["cells_total"] = reused, total
         _write_outputs(output_dir, results, logger)
@@ -379,6 +378,23 @@ def evaluate(
         for d in built.values():
             d.close()
         logger.close()
+
+
+def parse_column(spec: str) -> Tuple[str, str, Optional[str]]:
+    """A column of the matrix: "alfworld" (the domain's split from evaluate.splits / its eval_split) or
+    "alfworld:valid_seen" (an explicit split, e.g. ALFWorld's in-distribution one). (label, domain, split)."""
+    name, _, split = str(spec).partition(":")
+    registry.domain_class(name)
+    return str(spec), name, split or None
+
+
+def id_column(train_domain: Optional[str], cols: Sequence[str]) -> Optional[str]:
+    """A row's in-domain column: the plain domain column if listed, else its first "domain:split" column."""
+    if train_domain is None:
+        return None
+    if train_domain in cols:
+        return train_domain
+    return next((c for c in cols if c.partition(":")[0] == train_domain), None)
 
 
 def _episodes_for(name: str, episodes) -> Optional[int]:
@@ -412,7 +428,7 @@ def _results(rows: Sequence[Row], cols: Sequence[str], cells, seeds, domain_meta
         rows=tuple(r.name for r in rows), cols=tuple(cols),
         success={r.name: {c: entries[r.name][c]["success"] for c in cols} for r in rows},
         start_row=start if start is not None else rows[0].name,
-        train_domain={r.name: (r.train_domain if r.train_domain in cols else None) for r in rows})
+        train_domain={r.name: id_column(r.train_domain, cols) for r in rows})
     out: Dict[str, Any] = {
         "matrix": _matrix_json(matrix),
         "entries": entries,

@@ -162,3 +162,14 @@ def test_bad_input_gets_one_clear_message(tmp_path):
                            "--gin_bindings=evaluate.domains = ['webshopp']"], cwd=REPO, capture_output=True,
                           text=True, timeout=300)
     assert proc.returncode != 0 and "unknown domain 'webshopp'" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_columns_name_a_domain_and_optionally_its_split():
+    assert E.parse_column("alfworld") == ("alfworld", "alfworld", None)
+    assert E.parse_column("alfworld:valid_seen") == ("alfworld:valid_seen", "alfworld", "valid_seen")
+    with pytest.raises(ValueError, match="unknown domain 'alfwold'"):
+        E.parse_column("alfwold:valid_seen")
+    cols = ["sokoban", "alfworld:valid_seen", "alfworld"]
+    assert E.id_column("alfworld", cols) == "alfworld" and E.id_column(None, cols) is None
+    assert E.id_column("alfworld", ["sokoban", "alfworld:valid_seen"]) == "alfworld:valid_seen"
+    assert E.id_column("sciworld", cols) is None  # trained on a domain the matrix does not show: all OOD
