@@ -21,7 +21,8 @@ import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # rl_iteration's trainer builder
+sys.path.append(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repo, when not installed
 
 
 def parse(argv):

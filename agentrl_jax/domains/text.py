@@ -27,13 +27,19 @@ class TextDomain(Domain):
 
     num_workers / envs_per_worker: the pool of each split (W*M >= episodes per rollout call). max_steps: the
     step limit (the study: 50). max_prompt_tokens: the prompt buffer (the study: 2048). window: history pairs
-    shown in the prompt. env_options: extra keyword arguments of the env class. step_timeout_s: a step that
-    takes longer marks its episode lost and restarts the worker.
+    shown in the prompt (None = the study's for the domain, `default_window`). env_options: extra keyword
+    arguments of the env class. step_timeout_s: a step that takes longer marks its episode lost and restarts
+    the worker. Each subclass is its own gin configurable (`AlfWorldDomain.num_workers = 1`).
     """
 
-    def __init__(self, chat, seed: int, *, num_workers: int, envs_per_worker: int, max_steps: int,
-                 max_prompt_tokens: int, window: int, eval_split: Optional[str], env_options: Optional[dict],
-                 step_timeout_s: float, max_response_tokens: Optional[int]):
+    default_window: int = 0
+
+    def __init__(self, chat, seed: int, num_eval_tasks: int = 0, num_workers: int = 2, envs_per_worker: int = 8,
+                 max_steps: int = 50, max_prompt_tokens: int = 2048, window: Optional[int] = None,
+                 eval_split: Optional[str] = None, env_options: Optional[dict] = None, step_timeout_s: float = 60.0,
+                 max_response_tokens: Optional[int] = None):
+        del num_eval_tasks  # fixed held-out sets are the seeds 0..n-1 of a split
+        window = self.default_window if window is None else window
         super().__init__(chat, seed, eval_split, max_response_tokens)
         if num_workers < 1 or envs_per_worker < 1:
             raise ValueError(f"{type(self).__name__}: num_workers and envs_per_worker must be >= 1, got "
@@ -44,7 +50,6 @@ class TextDomain(Domain):
         self.num_workers, self.envs_per_worker, self.step_timeout_s = num_workers, envs_per_worker, step_timeout_s
         self._pools: Dict[str, object] = {}
         self._closed_stats: Dict[str, int] = {k: 0 for k in POOL_COUNTERS}
-        self.lost_episodes = 0
 
     # ------------------------------------------------------------------ per domain
     def env_factory(self, split: str) -> Callable:
@@ -108,15 +113,7 @@ class AlfWorldDomain(TextDomain):
     name = "alfworld"
     splits = ("valid_unseen", "valid_seen")
     gin_configurables = ("AlfWorldDomain", "AlfWorldEnv", "alfworld_factory")
-
-    def __init__(self, chat, seed: int, num_eval_tasks: int = 0, num_workers: int = 2, envs_per_worker: int = 8,
-                 max_steps: int = 50, max_prompt_tokens: int = 2048, window: int = 0,
-                 eval_split: Optional[str] = None, env_options: Optional[dict] = None, step_timeout_s: float = 60.0,
-                 max_response_tokens: Optional[int] = None):
-        super().__init__(chat, seed, num_workers=num_workers, envs_per_worker=envs_per_worker, max_steps=max_steps,
-                         max_prompt_tokens=max_prompt_tokens, window=window, eval_split=eval_split,
-                         env_options=env_options, step_timeout_s=step_timeout_s,
-                         max_response_tokens=max_response_tokens)
+    default_window = 0
 
     def env_factory(self, split: str) -> Callable:
         from envs.alfworld import AlfWorldEnv  # noqa: PLC0415
@@ -145,15 +142,7 @@ class SciWorldDomain(TextDomain):
     name = "sciworld"
     splits = ("dev", "test")
     gin_configurables = ("SciWorldDomain", "SciWorldEnv")
-
-    def __init__(self, chat, seed: int, num_eval_tasks: int = 0, num_workers: int = 2, envs_per_worker: int = 8,
-                 max_steps: int = 50, max_prompt_tokens: int = 2048, window: int = 2,
-                 eval_split: Optional[str] = None, env_options: Optional[dict] = None, step_timeout_s: float = 60.0,
-                 max_response_tokens: Optional[int] = None):
-        super().__init__(chat, seed, num_workers=num_workers, envs_per_worker=envs_per_worker, max_steps=max_steps,
-                         max_prompt_tokens=max_prompt_tokens, window=window, eval_split=eval_split,
-                         env_options=env_options, step_timeout_s=step_timeout_s,
-                         max_response_tokens=max_response_tokens)
+    default_window = 2
 
     def env_factory(self, split: str) -> Callable:
         from envs.sciworld import SciWorldEnv  # noqa: PLC0415
