@@ -7,7 +7,7 @@ Per env (gin/envs/<env>.gin) and `--levels` levels from `jax.random.split(PRNGKe
 - rooms: distinct wall layouts; le2 / le_max: share solvable in <= 2 moves / within Sokoban.max_steps;
   mean_len: mean optimal solution length (BFS);
 - gen_ms: milliseconds to generate the batch (jit(vmap), after compile, best of 3).
-Then, with the trainer's own keys (`Trainer.episode_keys`: stream 0 training, 1 held-out), the training
+Then, with the trainer's own keys (`agentrl_jax.domains.stream_keys`: stream 0 training, 1 held-out), the training
 levels of the run (train.num_steps x train.tasks_per_step tasks, from the run gin file) and the 64 held-out
 levels: their distinct counts and how many held-out levels occur in training, before and after
 `agentrl_jax.heldout` (resampled held-out set, training keys excluded from it).
@@ -46,7 +46,7 @@ def make_env(name: str, bindings=()) -> sk.Sokoban:
 
 
 def trainer_keys(step: int, n_tasks: int, stream: int, seed: int = 0):
-    """`Trainer.episode_keys` without the group repeat (rows of a group share their task's key)."""
+    """`SokobanDomain`'s raw stream keys (`domains.stream_keys`), without the group repeat (rows of a group share their task's key)."""
     base = jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(seed), stream), step)
     return jax.random.split(base, n_tasks)
 

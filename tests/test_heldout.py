@@ -30,7 +30,7 @@ def _env(name: str) -> sk.Sokoban:
 
 
 def _trainer_keys(step, n_tasks, group, stream, seed=0):
-    """The trainer's raw level keys (`Trainer.episode_keys` before any exclusion): task keys from
+    """The trainer's raw level keys (`domains.stream_keys` before any exclusion): task keys from
     fold_in(fold_in(PRNGKey(seed), stream), step), each repeated `group` times."""
     base = jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(seed), stream), step)
     return jax.numpy.repeat(jax.random.split(base, n_tasks), group, axis=0)
