@@ -46,7 +46,8 @@ def make_env(name: str, bindings=()) -> sk.Sokoban:
 
 
 def trainer_keys(step: int, n_tasks: int, stream: int, seed: int = 0):
-    """`SokobanDomain`'s raw stream keys (`domains.stream_keys`), without the group repeat (rows of a group share their task's key)."""
+    """`SokobanDomain`'s raw stream keys (`domains.stream_keys`), without the group repeat (rows of a group
+    share their task's key)."""
     base = jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(seed), stream), step)
     return jax.random.split(base, n_tasks)
 
