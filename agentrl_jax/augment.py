@@ -1,0 +1,254 @@
+"""Distractor augmentation on token ids, inside jit: the on-device twin of `envs.distractors` (issue 14).
+
+The plain-text reference (`envs.distractors.render`) is the definition; this module produces, for the same JAX
+key and epsilon, token ids whose decoded text is exactly what the reference adds after the state. It covers
+banks whose units go at the END of the state (placement "end") with plain or coordinate parts: the Sokoban
+bank, or a user's own bank of that shape. Banks that insert inside the text (ALFWorld sentences) or depend on
+the text (entity ids, monitors) stay on the host with the text reference.
+
+How: each template, with the view's separator in front, is cut into chunks at every whitespace that follows
+non-whitespace (the space goes with the next word, as GPT-2-style pre-tokenizers cut), and every chunk is
+tokenized ONCE for each value of the fields it holds (a word of a list, an outside cell's coordinates). A unit
+is then a row lookup per chunk, chosen by the unit's draws (`envs/distractors/sample.py`'s contract):
+
+    unit u of part i: bits = jax.random.bits(fold_in(fold_in(key, i), u), (n_fields,), uint32)
+    template = bits[0] % T, word list j = bits[1 + j] % len(list j), cell = bits[L + 2] % len(outside cells)
+
+    splice = DistractorSplice(load_bank("sokoban"), chat.encode_content, height=6, width=6, pad_id=0)
+    ids, n = splice(key, 80.0)              # int32[splice.max_tokens(80.0)], int32: 8 lines after the state
+    splice.host_ids(key, 80.0)              # the same ids as a list, assembled in Python
+    augment_episode(coin_key, p)            # the per-trajectory coin: one bool per episode
+
+Keys: give the coin its own key and every state a fresh one, e.g. `coin_key, states_key = split(episode_key)`
+and `fold_in(states_key, step)` for the state at `step` (the reference does not care how keys are derived).
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import itertools
+import string
+from typing import Callable, List, Sequence, Tuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from envs.distractors import Bank, Part, View, check_epsilon, load_bank, outside_cells
+
+Segment = Tuple[jax.Array, jax.Array]  # (ids int32[L], length int32), as in agentrl_jax.segments
+CELL = "cell"  # the source of a coordinate part's {r} and {c}
+
+
+def augment_episode(key: jax.Array, p) -> jax.Array:
+    """The per-trajectory coin: True with probability p (0 never, 1 always), one flip per episode key.
+
+    Jittable; agrees with `envs.distractors.apply_this_episode(key, p)` for the same key."""
+    return jax.random.bernoulli(key, p)
+
+
+def _atoms(text: str) -> List[Tuple[str, str]]:
+    """A template as atoms: ("lit", one character) or ("field", name)."""
+    out = []
+    for literal, field, _, _ in string.Formatter().parse(text):
+        out += [("lit", ch) for ch in literal]
+        if field is not None:
+            out.append(("field", field))
+    return out
+
+
+def _chunks(text: str) -> List[List[Tuple[str, str]]]:
+    """Cut at each whitespace character that follows a non-whitespace atom (fields count as words)."""
+    chunks: List[List[Tuple[str, str]]] = []
+    prev_ws = True
+    for kind, val in _atoms(text):
+        ws = kind == "lit" and val.isspace()
+        if not chunks or (ws and not prev_ws):
+            chunks.append([])
+        chunks[-1].append((kind, val))
+        prev_ws = ws
+    return chunks
+
+
+@dataclasses.dataclass(frozen=True)
+class _PartTables:
+    """One part's chunk tables, every template padded to the same chunk count C, row count R and width W.
+
+    table int32[T, C, R, W], lens int32[T, C, R]; a chunk's row is sum_s (bits[field[s]] % mod[s]) * stride[s]
+    over its S sources (padding sources: field 0, mod 1, stride 0). pieces[t][c][row] are the same ids as lists.
+    """
+
+    index: int  # the part's position in its view (folded into the key)
+    part: Part
+    n_fields: int
+    table: np.ndarray
+    lens: np.ndarray
+    field: np.ndarray  # int32[T, C, S]
+    mod: np.ndarray  # uint32[T, C, S]
+    stride: np.ndarray  # int32[T, C, S]
+    pieces: Tuple[Tuple[Tuple[Tuple[int, ...], ...], ...], ...]
+    unit_tokens: int  # the longest unit any template can give
+
+
+def _build_part(index: int, part: Part, separator: str, encode: Callable[[str], Sequence[int]],
+                cells: List[Tuple[int, int]]) -> _PartTables:
+    names = [k for k, _ in part.words]
+    lists = dict(part.words)
+    L = len(names)
+    # source -> (draw field, number of choices, value of choice k as a dict of template fields)
+    sources = {n: (1 + j, len(lists[n]), (lambda n: lambda k: {n: lists[n][k]})(n)) for j, n in enumerate(names)}
+    if part.kind == "coords":
+        sources[CELL] = (L + 2, len(cells), lambda k: {"r": cells[k][0], "c": cells[k][1]})
+
+    def source_of(field: str) -> str:
+        return CELL if part.kind == "coords" and field in ("r", "c") else field
+
+    per_template = []
+    for template in part.templates:
+        chunks = []
+        for chunk in _chunks(separator + template):
+            srcs = list(dict.fromkeys(source_of(v) for k, v in chunk if k == "field"))
+            # Rebuild the chunk as a format string with its fields only (literal braces stay escaped).
+            fmt = "".join(v.replace("{", "{{").replace("}", "}}") if k == "lit" else "{" + v + "}" for k, v in chunk)
+            rows = []
+            for choice in itertools.product(*(range(sources[s][1]) for s in srcs)):
+                fill = {}
+                for s, k in zip(srcs, choice):
+                    fill.update(sources[s][2](k))
+                ids = tuple(int(t) for t in encode(fmt.format(**fill)))
+                if not ids:
+                    raise ValueError(f"distractor bank {part.name!r}: the tokenizer gives no ids for "
+                                     f"{fmt.format(**fill)!r}")
+                rows.append(ids)
+            mods = [sources[s][1] for s in srcs]
+            strides = [int(np.prod(mods[i + 1:], dtype=np.int64)) for i in range(len(mods))]
+            chunks.append((rows, [sources[s][0] for s in srcs], mods, strides))
+        per_template.append(chunks)
+
+    T = len(per_template)
+    C = max(len(ch) for ch in per_template)
+    R = max(len(rows) for ch in per_template for rows, *_ in ch)
+    W = max(len(ids) for ch in per_template for rows, *_ in ch for ids in rows)
+    S = max(1, max(len(f) for ch in per_template for _, f, _, _ in ch))
+    table = np.zeros((T, C, R, W), np.int32)
+    lens = np.zeros((T, C, R), np.int32)
+    field = np.zeros((T, C, S), np.int32)
+    mod = np.ones((T, C, S), np.uint32)
+    stride = np.zeros((T, C, S), np.int32)
+    for t, chunks in enumerate(per_template):
+        for c, (rows, f, m, s) in enumerate(chunks):
+            for r, ids in enumerate(rows):
+                table[t, c, r, : len(ids)] = ids
+                lens[t, c, r] = len(ids)
+            field[t, c, : len(f)], mod[t, c, : len(m)], stride[t, c, : len(s)] = f, m, s
+    pieces = tuple(tuple(tuple(rows) for rows, *_ in chunks) for chunks in per_template)
+    unit_tokens = int(lens.max(axis=2).sum(axis=1).max())
+    return _PartTables(index, part, part.n_fields, table, lens, field, mod, stride, pieces, unit_tokens)
+
+
+def _concat_left(toks: jax.Array, lens: jax.Array, size: int, pad_id: int) -> Segment:
+    """Rows toks[n, w] (row i holds lens[i] ids) back to back, left-aligned in int32[size]."""
+    starts = jnp.cumsum(lens) - lens
+    j = jnp.arange(toks.shape[-1])
+    pos = jnp.where(j[None, :] < lens[:, None], starts[:, None] + j[None, :], size)  # padding is dropped
+    ids = jnp.full((size,), pad_id, jnp.int32).at[pos.reshape(-1)].set(toks.reshape(-1), mode="drop")
+    return ids, jnp.sum(lens).astype(jnp.int32)
+
+
+def _unit_bits(key: jax.Array, part_index: int, n_units: int, n_fields: int) -> jax.Array:
+    """uint32[n_units, n_fields]: the draws of sample.py's contract (a unit's draws ignore the unit count)."""
+    pk = jax.random.fold_in(key, np.uint32(part_index))
+    keys = jax.vmap(lambda u: jax.random.fold_in(pk, u))(jnp.arange(n_units, dtype=jnp.uint32))
+    return jax.vmap(lambda k: jax.random.bits(k, (n_fields,), jnp.uint32))(keys)
+
+
+@functools.cache
+def _host_bits(n_units: int, n_fields: int):
+    return jax.jit(lambda key, part_index: _unit_bits(key, part_index, n_units, n_fields), static_argnums=1)
+
+
+def _rows(pt: _PartTables, bits) -> Tuple[int, np.ndarray]:
+    """(template, row per chunk) for one unit's draws; numpy or jax arrays alike."""
+    xp = jnp if isinstance(bits, jax.Array) else np
+    T = pt.table.shape[0]
+    t = bits[0] % np.uint32(T)
+    f, m, s = (xp.asarray(a)[t] for a in (pt.field, pt.mod, pt.stride))
+    rows = xp.sum((bits[f] % m).astype(np.int32) * s, axis=-1)
+    return t, rows
+
+
+class DistractorSplice:
+    """A bank's end-of-state distractors as token ids: `splice(key, epsilon) -> (ids, length)`, jittable.
+
+    bank: a `Bank`, a shipped bank name or a bank file; encode: the policy's content tokenizer
+    (`ChatFormat.encode_content`); height, width: the room (for coordinate parts); view: the bank's view
+    (None: its only one). Every piece is tokenized here, once.
+    """
+
+    def __init__(self, bank, encode: Callable[[str], Sequence[int]], height: int, width: int, pad_id: int = 0,
+                 view: str | None = None):
+        self.bank: Bank = load_bank(bank)
+        self.view: View = self.bank.view(view)
+        if self.view.placement != "end":
+            raise ValueError(f"distractor bank {self.bank.name!r} view {self.view.name!r} inserts at "
+                             f"{self.view.placement!r} positions; the token splice only appends after the state "
+                             f"(placement 'end', e.g. the sokoban bank): use envs.distractors.augment_text on the "
+                             f"host for this bank")
+        bad = [p.name for p in self.view.parts if p.kind not in (None, "coords")]
+        if bad:
+            raise ValueError(f"distractor bank {self.bank.name!r}: parts {bad} depend on the text (entity ids or "
+                             f"monitors), which the token splice cannot see; use envs.distractors.augment_text")
+        self.height, self.width, self.pad_id = int(height), int(width), int(pad_id)
+        self.parts = []
+        for i, part in enumerate(self.view.parts):
+            cells = outside_cells(self.height, self.width, part.margin) if part.kind == "coords" else []
+            self.parts.append(_build_part(i, part, self.view.separator, encode, cells))
+
+    def counts(self, epsilon) -> List[int]:
+        """Units per part for `epsilon` (static)."""
+        eps = check_epsilon(epsilon)
+        return [pt.part.count.units(eps) for pt in self.parts]
+
+    def max_tokens(self, epsilon) -> int:
+        """Static upper bound on the ids added for `epsilon`: every unit at its longest template and pieces."""
+        return sum(n * pt.unit_tokens for n, pt in zip(self.counts(epsilon), self.parts))
+
+    def __call__(self, key: jax.Array, epsilon) -> Segment:
+        """(ids int32[max_tokens(epsilon)] left-aligned, padded with pad_id; length int32): the ids of the text
+        `envs.distractors.render` adds after the state for this key. epsilon is static (a Python number)."""
+        size = self.max_tokens(epsilon)
+        toks, lens = [], []
+        for n, pt in zip(self.counts(epsilon), self.parts):
+            if not n:
+                continue
+            unit = self._unit_fn(pt)
+            ids, length = jax.vmap(unit)(_unit_bits(key, pt.index, n, pt.n_fields))
+            toks.append(jnp.pad(ids, ((0, 0), (0, max(p.unit_tokens for p in self.parts) - ids.shape[1])),
+                                constant_values=self.pad_id))
+            lens.append(length)
+        if not toks:
+            return jnp.zeros((0,), jnp.int32), jnp.int32(0)
+        return _concat_left(jnp.concatenate(toks), jnp.concatenate(lens), size, self.pad_id)
+
+    def _unit_fn(self, pt: _PartTables):
+        table, lens = jnp.asarray(pt.table), jnp.asarray(pt.lens)
+        chunk = jnp.arange(pt.table.shape[1])
+
+        def unit(bits):
+            t, rows = _rows(pt, bits)
+            return _concat_left(table[t, chunk, rows], lens[t, chunk, rows], pt.unit_tokens, self.pad_id)
+
+        return unit
+
+    def host_ids(self, key: jax.Array, epsilon) -> List[int]:
+        """The same ids as `__call__` (unpadded), assembled in Python from the same pieces."""
+        out: List[int] = []
+        for n, pt in zip(self.counts(epsilon), self.parts):
+            if not n:
+                continue
+            for bits in np.asarray(_host_bits(n, pt.n_fields)(key, pt.index)):
+                t, rows = _rows(pt, bits)
+                for c, r in enumerate(rows):
+                    if c < len(pt.pieces[t]):
+                        out.extend(pt.pieces[t][c][int(r)])
+        return out
