@@ -95,10 +95,10 @@ def _build_part(index: int, part: Part, separator: str, encode: Callable[[str], 
     names = [k for k, _ in part.words]
     lists = dict(part.words)
     L = len(names)
-    # source -> (draw field, number of choices, value of choice k as a dict of template fields)
-    sources = {n: (1 + j, len(lists[n]), (lambda n: lambda k: {n: lists[n][k]})(n)) for j, n in enumerate(names)}
+    # source -> (draw field, the template fields each of its choices fills in)
+    sources = {n: (1 + j, [{n: w} for w in lists[n]]) for j, n in enumerate(names)}
     if part.kind == "coords":
-        sources[CELL] = (L + 2, len(cells), lambda k: {"r": cells[k][0], "c": cells[k][1]})
+        sources[CELL] = (L + 2, [{"r": r, "c": c} for r, c in cells])
 
     def source_of(field: str) -> str:
         return CELL if part.kind == "coords" and field in ("r", "c") else field
@@ -111,16 +111,14 @@ def _build_part(index: int, part: Part, separator: str, encode: Callable[[str], 
             # Rebuild the chunk as a format string with its fields only (literal braces stay escaped).
             fmt = "".join(v.replace("{", "{{").replace("}", "}}") if k == "lit" else "{" + v + "}" for k, v in chunk)
             rows = []
-            for choice in itertools.product(*(range(sources[s][1]) for s in srcs)):
-                fill = {}
-                for s, k in zip(srcs, choice):
-                    fill.update(sources[s][2](k))
+            for choice in itertools.product(*(sources[s][1] for s in srcs)):
+                fill = {k: v for values in choice for k, v in values.items()}
                 ids = tuple(int(t) for t in encode(fmt.format(**fill)))
                 if not ids:
                     raise ValueError(f"distractor bank {part.name!r}: the tokenizer gives no ids for "
                                      f"{fmt.format(**fill)!r}")
                 rows.append(ids)
-            mods = [sources[s][1] for s in srcs]
+            mods = [len(sources[s][1]) for s in srcs]
             strides = [int(np.prod(mods[i + 1:], dtype=np.int64)) for i in range(len(mods))]
             chunks.append((rows, [sources[s][0] for s in srcs], mods, strides))
         per_template.append(chunks)
