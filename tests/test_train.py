@@ -16,10 +16,13 @@ from agentrl_jax import train as T
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY_FILES = ["gin/experiments/sokoban_tiny_cpu.gin"]
+# Tests that train a step evaluate at the rollout temperature: 8 held-out episodes are then the very program of
+# the step's 8 training episodes, compiled once instead of twice (what they check does not depend on it).
+SAMPLED_EVAL = {"train.eval_temperature": 1.0}
 
 
 def _bindings(out_dir, **over):
-    # 8 episodes a step, like the evaluation and the PPO runs below: the same rollout programs, compiled once.
+    # 8 episodes a step, as many as the held-out evaluation (see SAMPLED_EVAL).
     b = {"OUTPUT_DIR": repr(str(out_dir)), "train.num_steps": 1, "train.tasks_per_step": 2, "train.group_size": 4,
          "train.minibatch_size": 32, "train.eval_episodes": 8, "train.sft_steps": 2, "train.sft_levels": 8,
          "train.eval_every": 1, "train.checkpoint_every": 1, "train.sample_every": 1,
@@ -69,14 +72,14 @@ def test_bad_warmup_stop_is_named_before_building_anything(tmp_path):
 
 @pytest.mark.slow
 def test_train_writes_logs_checkpoints_and_resumes(tmp_path):
-    first = _run(TINY_FILES, _bindings(tmp_path, **{"train.num_steps": 1}))
+    first = _run(TINY_FILES, _bindings(tmp_path, **SAMPLED_EVAL, **{"train.num_steps": 1}))
     ckpts = os.path.join(tmp_path, "checkpoints")
     assert sorted(int(d) for d in os.listdir(ckpts) if d.isdigit()) == [1]
     assert any(f.startswith("events") for f in os.listdir(os.path.join(tmp_path, "tb")))
     assert os.path.exists(os.path.join(tmp_path, "operative_config.gin"))
     assert "eval/success_rate" in first and "pg_loss" in first and "time/update_s" in first
     # A second run with a larger budget resumes from step 1 (no SFT again) and finishes step 2.
-    second = _run(TINY_FILES, _bindings(tmp_path, **{"train.num_steps": 2}))
+    second = _run(TINY_FILES, _bindings(tmp_path, **SAMPLED_EVAL, **{"train.num_steps": 2}))
     assert sorted(int(d) for d in os.listdir(ckpts) if d.isdigit()) == [1, 2]
     assert "eval/success_rate" in second
 
@@ -90,7 +93,7 @@ def _ppo_bindings(out_dir):
     # PPO with a critic, KL folded into the rewards, 2 epochs of shuffled minibatches of 8 (8 episodes x 3
     # turns = up to 24 samples: 3 minibatches an epoch). No SFT warm-up: a resume never redoes it, so it is not
     # what this checks.
-    return _bindings(out_dir, **{
+    return _bindings(out_dir, **SAMPLED_EVAL, **{
         "train.num_steps": 2, "train.tasks_per_step": 8, "train.group_size": 1, "train.minibatch_size": 8,
         "train.eval_every": 0, "train.sample_every": 0, "train.checkpoint_every": 1, "train.sft_steps": 0,
         "agentrl_jax.rl.RLConfig.algorithm": "'ppo'", "agentrl_jax.rl.RLConfig.ppo_epochs": 2,
