@@ -28,13 +28,14 @@ import dataclasses
 import functools
 import itertools
 import string
-from typing import Callable, List, Sequence, Tuple
+from typing import Callable, List, Optional, Sequence, Tuple
 
+import gin
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from envs.distractors import Bank, Part, View, check_epsilon, load_bank, outside_cells
+from envs.distractors import Bank, Part, View, check_epsilon, check_probability, load_bank, outside_cells
 
 Segment = Tuple[jax.Array, jax.Array]  # (ids int32[L], length int32), as in agentrl_jax.segments
 CELL = "cell"  # the source of a coordinate part's {r} and {c}
@@ -250,3 +251,130 @@ class DistractorSplice:
                     if c < len(pt.pieces[t]):
                         out.extend(pt.pieces[t][c][int(r)])
         return out
+
+
+# ------------------------------------------------------------------------------------------ per-domain settings
+AUGMENT_SALT = 0x61756700  # folded into a rollout's key for the distractor keys (never a turn index)
+
+
+@gin.configurable("augment")
+@dataclasses.dataclass(frozen=True)
+class Augmentation:
+    """A domain's distractor setting, bound per domain with a gin scope (off by default):
+
+        sokoban/augment.epsilon = 80        # Table 11 V1: Sokoban 80 / p = 1; V2: 80 / 0.5
+        alfworld/augment.epsilon = 300      # V1: 300 / 1; V2: 200 / 0.5
+        alfworld/augment.p = 0.5
+        webshop/augment.epsilon = 30        # V1: 30 / 1; V2: 40 / 0.5
+
+    bank: a shipped bank name or a bank JSON path (None: the domain's own bank, named like the domain;
+    'cross_domain' shows another domain's state on a monitor). epsilon: injected volume in tokens per state
+    (0 = off). p: the probability that an episode is augmented (one coin per episode). in_eval: augment the
+    held-out evaluation episodes too (default False: the study trains with distractors and evaluates plain).
+    """
+
+    bank: Optional[str] = None
+    epsilon: float = 0.0
+    p: float = 1.0
+    in_eval: bool = False
+
+    @property
+    def active(self) -> bool:
+        return bool(self.epsilon) and self.p > 0
+
+    def applies_to(self, split: str, train_split: str = "train") -> bool:
+        """Whether episodes of `split` get distractors (training always, held-out only with in_eval)."""
+        return self.active and (split == train_split or self.in_eval)
+
+
+def domain_augmentation(domain: str, default_bank: Optional[str] = None) -> Augmentation:
+    """The `<domain>/augment.*` bindings (unscoped `augment.*` apply to every domain), checked before anything
+    is tokenized or compiled; bank None becomes the domain's own (`default_bank`, else the domain's name)."""
+    with gin.config_scope(domain):
+        aug = Augmentation()
+    where = f"{domain}/augment"
+    try:
+        check_epsilon(aug.epsilon)
+    except ValueError as e:
+        raise ValueError(f"{where}.epsilon: {e}") from None
+    try:
+        check_probability(aug.p)
+    except ValueError as e:
+        raise ValueError(f"{where}.p: {e}") from None
+    bank = aug.bank or default_bank or domain
+    if aug.active or aug.bank is not None:  # a bank named by the user is checked even while eps is 0
+        try:
+            load_bank(bank)
+        except (ValueError, OSError) as e:
+            raise ValueError(f"{where}.bank = {bank!r}: {e}") from None
+    return dataclasses.replace(aug, bank=bank)
+
+
+def episode_keys(key: jax.Array, n: int) -> Tuple[jax.Array, jax.Array]:
+    """(coin keys [n], state keys [n]) of a rollout's n episodes: one coin per episode, and the state at turn t
+    of episode i draws from `state_key(states[i], t)`. Derived from the rollout key and the episode's place in
+    the batch (not its level), so the episodes of a GRPO group flip their own coins. Jittable."""
+    pairs = jax.vmap(jax.random.split)(jax.random.split(jax.random.fold_in(key, AUGMENT_SALT), n))
+    return pairs[:, 0], pairs[:, 1]
+
+
+def state_key(states_key: jax.Array, turn) -> jax.Array:
+    return jax.random.fold_in(states_key, turn)
+
+
+class TextAugmenter:
+    """Distractors for host-stepped text episodes (ALFWorld, ScienceWorld, WebShop): the plain-text reference,
+    `envs.distractors.augment_text`, applied to each observation of the episodes whose coin comes up. The text
+    the policy reads is then tokenized as usual, so the ids it trains on are what it saw.
+
+    key: the rollout key (coins and state keys as `episode_keys(key, num_episodes)`, the same derivation as the
+    Sokoban device rollout); context_fn(step, first_step) -> the bank's context for a state, given the episode's
+    reset step too (admissible actions and entity names for ALFWorld ids, the view for WebShop pages, other
+    domains' states for the monitor bank).
+    """
+
+    def __init__(self, setting: Augmentation, key: jax.Array, num_episodes: int,
+                 context_fn: Callable[..., dict] = lambda step, first_step: {}):
+        from envs.distractors import load_bank as _load  # noqa: PLC0415
+
+        self.bank, self.epsilon, self.context_fn = _load(setting.bank), setting.epsilon, context_fn
+        coin_keys, states_keys = episode_keys(key, num_episodes)
+        self.augmented = np.asarray(jax.vmap(augment_episode, in_axes=(0, None))(coin_keys, setting.p), bool)
+        self._states_keys = states_keys
+        self._turn_keys = {}
+        self._first = {}  # episode -> its reset step
+
+    def _key(self, episode: int, turn: int) -> jax.Array:
+        """The state's key; one batched derivation per turn for all episodes (fewer host dispatches)."""
+        if turn not in self._turn_keys:
+            self._turn_keys[turn] = list(jax.vmap(state_key, in_axes=(0, None))(self._states_keys, turn))
+        return self._turn_keys[turn][episode]
+
+    def observation(self, episode: int, turn: int, step) -> str:
+        """What the policy reads of `step` (a `TextStep`) at `turn`: the observation, with distractors when the
+        episode is augmented."""
+        if turn == 0:
+            self._first[episode] = step
+        if not self.augmented[episode]:
+            return step.observation
+        from envs.distractors import augment_text  # noqa: PLC0415
+
+        return augment_text(self.bank, step.observation, self._key(episode, turn), self.epsilon,
+                            **self.context_fn(step, self._first.get(episode, step)))
+
+
+def uses_monitor(bank) -> bool:
+    """Whether a bank shows other domains' states (the cross-domain monitor), which needs `other_states`."""
+    return any(p.kind == "monitor" for v in load_bank(bank).views for p in v.parts)
+
+
+@functools.lru_cache(maxsize=4)
+def sokoban_monitor_states(n: int = 32, seed: int = 0) -> Tuple[Tuple[str, str], ...]:
+    """(domain, text) states of JAX Sokoban for the cross-domain monitor of the text domains: n fixed levels of
+    the default room, rendered as the study's prompt shows them (cheap: one compiled reset)."""
+    import envs.sokoban as sk  # noqa: PLC0415
+
+    env = sk.Sokoban()
+    states = jax.device_get(jax.jit(jax.vmap(lambda k: env.reset(k)[0]))(
+        jax.random.split(jax.random.PRNGKey(seed), n)))
+    return tuple(("sokoban", sk.render_text(jax.tree.map(lambda x, i=i: x[i], states))) for i in range(n))

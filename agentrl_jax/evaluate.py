@@ -411,7 +411,8 @@ def _eval_config(tokenizer, chat, temperature: float, max_new_tokens: int) -> ge
 
 def _domain_config(name: str) -> str:
     """The gin bindings of the domain's configurables (its env, pool and prompt settings), for the fingerprint."""
-    prefixes = tuple(f"{c}." for c in registry.domain_class(name).gin_configurables)
+    # Distractor settings too (`<domain>/augment.*`, and unscoped `augment.*`): they change episodes with in_eval.
+    prefixes = tuple(f"{c}." for c in registry.domain_class(name).gin_configurables) + (f"{name}/augment.", "augment.")
     return "\n".join(sorted(line for line in gin.config_str().splitlines() if line.startswith(prefixes)
                             and not any(f".{k} " in line for k in _RESULT_NEUTRAL)))
 

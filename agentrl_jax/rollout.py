@@ -33,6 +33,7 @@ import numpy as np
 from flax import nnx, struct
 
 import envs.sokoban as sk
+from agentrl_jax import augment as aug
 from agentrl_jax import generate as gen
 from agentrl_jax.models.decoder import init_cache
 from agentrl_jax.sokoban_prompt import SokobanPrompter
@@ -75,6 +76,7 @@ class EpisodeStats:
     length: Any
     truncated: Any
     lost: Any
+    augmented: Any = None  # bool [E]: the episode's states got distractors (`agentrl_jax.augment`); None = never
 
 
 NORMAL_TRUNCATION = "max_steps"  # the envs' own step limit (envs/alfworld.py, envs/sciworld.py, sokoban text env)
@@ -88,26 +90,34 @@ def is_lost_step(step) -> bool:
     return bool(step.truncated) and reason != NORMAL_TRUNCATION
 
 
-def _task_lost(task, num_episodes: int) -> np.ndarray:
-    """The task's per-episode lost flags (a task without a `lost` attribute never loses episodes)."""
-    lost = np.asarray(getattr(task, "lost", np.zeros(num_episodes, bool)), bool)
-    if lost.shape != (num_episodes,):
-        raise ValueError(f"task.lost must hold one bool per episode ({num_episodes}), got shape {lost.shape}")
-    return lost
+def _task_flags(task, num_episodes: int, name: str = "lost") -> np.ndarray:
+    """The task's per-episode `lost` (or `augmented`) flags; a task without the attribute has none set."""
+    flags = np.asarray(getattr(task, name, np.zeros(num_episodes, bool)), bool)
+    if flags.shape != (num_episodes,):
+        raise ValueError(f"task.{name} must hold one bool per episode ({num_episodes}), got shape {flags.shape}")
+    return flags
 
 
 # ------------------------------------------------------------------------------------------- on device
 def sokoban_device_rollout(graphdef, params, env: sk.Sokoban, prompter: SokobanPrompter,
                            config: gen.GenerationConfig, level_keys: jax.Array, key: jax.Array,
-                           invalid_penalty: float = -0.1, max_turns: Optional[int] = None
+                           invalid_penalty: float = -0.1, max_turns: Optional[int] = None, augment: bool = False
                            ) -> Tuple[StepBatch, EpisodeStats]:
     """Play one batch of Sokoban episodes entirely on device (jit this; `graphdef`, `env`, `prompter`,
-    `config` static). level_keys [E]: one PRNG key per episode (equal keys = equal levels, for GRPO groups).
+    `config`, `augment` static). level_keys [E]: one PRNG key per episode (equal keys = equal levels, for GRPO
+    groups). augment: add the prompter's distractors (when it has any) to the states of the episodes whose coin
+    comes up (`augment.episode_keys(key, E)`: a coin per episode, a fresh key per state); inside this program.
     """
     e = level_keys.shape[0]
     t_max = int(max_turns or env.max_steps)
     p, n = prompter.max_prompt_tokens, config.max_new_tokens
     states, _ = jax.vmap(env.reset)(level_keys)
+    augment = bool(augment) and prompter.augmenting
+    if augment:
+        coin_keys, states_keys = aug.episode_keys(key, e)
+        coin = jax.vmap(aug.augment_episode, in_axes=(0, None))(coin_keys, prompter.augment_p)
+    else:
+        coin = jnp.zeros((e,), bool)
 
     def buf(shape, dtype, fill=0):
         return jnp.full((e, t_max) + shape, fill, dtype)
@@ -128,8 +138,13 @@ def sokoban_device_rollout(graphdef, params, env: sk.Sokoban, prompter: SokobanP
     def body(carry):
         t, state, prev_state, prev_action, done, batch, ret = carry
         active = ~done
-        ids, mask, total = jax.vmap(prompter.device_prompt, in_axes=(0, 0, 0, None))(state, prev_state,
-                                                                                      prev_action, t)
+        if augment:
+            skeys = jax.vmap(aug.state_key, in_axes=(0, None))(states_keys, t)
+            ids, mask, total = jax.vmap(prompter.device_prompt, in_axes=(0, 0, 0, None, 0, 0))(
+                state, prev_state, prev_action, t, skeys, coin)
+        else:
+            plain = functools.partial(prompter.device_prompt, augment=False)
+            ids, mask, total = jax.vmap(plain, in_axes=(0, 0, 0, None))(state, prev_state, prev_action, t)
         mask = mask * active[:, None].astype(jnp.int32)  # finished rows generate nothing
         cache = _policy_cache(graphdef, params, e, p + n)
         res = gen.generate_fn(graphdef, params, ids, mask, cache, jax.random.fold_in(key, t), config,
@@ -158,7 +173,7 @@ def sokoban_device_rollout(graphdef, params, env: sk.Sokoban, prompter: SokobanP
     _, final, _, _, _, batch, ret = jax.lax.while_loop(cond, body, init)
     length = jnp.sum(batch.valid, axis=1).astype(jnp.int32)
     stats = EpisodeStats(episode_return=ret, success=final.success, length=length, truncated=~final.success,
-                         lost=jnp.zeros((e,), bool))  # the JAX env has no worker to lose
+                         lost=jnp.zeros((e,), bool), augmented=coin)  # the JAX env has no worker to lose
     return batch, stats
 
 
@@ -212,7 +227,7 @@ def host_rollout(graphdef, params, task: HostTask, config: gen.GenerationConfig,
         "invalid": np.zeros((e, t_max), bool), "prompt_truncated": np.zeros((e, t_max), bool),
         "response_truncated": np.zeros((e, t_max), bool), "action": np.full((e, t_max), -1, np.int32),
     }
-    done = _task_lost(task, e).copy()  # lost at reset: nothing to play
+    done = _task_flags(task, e).copy()  # lost at reset: nothing to play
     success = np.zeros(e, bool)
     timings = {} if timings is None else timings
     buckets = sorted(set(batch_buckets) | {e})
@@ -255,10 +270,11 @@ def host_rollout(graphdef, params, task: HostTask, config: gen.GenerationConfig,
             success[i] |= ep_success
             done[i] = ep_done or (t + 1 >= t_max)
     batch = StepBatch(**out)
-    lost = _task_lost(task, e)
+    lost = _task_flags(task, e)
     success &= ~lost
     stats = EpisodeStats(episode_return=out["reward"].sum(1), success=success,
-                         length=out["valid"].sum(1).astype(np.int32), truncated=~success, lost=lost)
+                         length=out["valid"].sum(1).astype(np.int32), truncated=~success, lost=lost,
+                         augmented=_task_flags(task, e, "augmented"))
     return batch, stats
 
 
@@ -272,9 +288,18 @@ class SokobanHostTask:
     """JAX Sokoban episodes stepped from the host with the same prompt ids as the device path (for the
     device-vs-host benchmark and equality tests)."""
 
-    def __init__(self, env: sk.Sokoban, prompter: SokobanPrompter, level_keys: jax.Array):
+    def __init__(self, env: sk.Sokoban, prompter: SokobanPrompter, level_keys: jax.Array,
+                 augment_key: Optional[jax.Array] = None):
+        """augment_key: the rollout key when the episodes get the prompter's distractors (the same coins and
+        state keys as `sokoban_device_rollout(..., key=augment_key, augment=True)`); None = plain prompts."""
         self.env, self.prompter = env, prompter
         self.num_episodes, self.max_turns = int(level_keys.shape[0]), env.max_steps
+        self.augmented = np.zeros(self.num_episodes, bool)
+        self._state_keys = None
+        if augment_key is not None and prompter.augmenting:
+            coin_keys, self._state_keys = aug.episode_keys(augment_key, self.num_episodes)
+            self.augmented = np.asarray(jax.vmap(aug.augment_episode, in_axes=(0, None))(coin_keys,
+                                                                                         prompter.augment_p))
         reset, self._step = _jitted_env_fns(env)
         states = jax.device_get(reset(level_keys))
         self.states = [jax.tree.map(lambda x, i=i: x[i], states) for i in range(self.num_episodes)]
@@ -284,8 +309,12 @@ class SokobanHostTask:
         self.lost = np.zeros(self.num_episodes, bool)  # no worker to lose: JAX steps it in this process
 
     def prompt_ids(self, episode: int) -> List[int]:
+        extra = {"augment": False}
+        if self._state_keys is not None:
+            extra = dict(augment_key=aug.state_key(self._state_keys[episode], self.turn[episode]),
+                         augment=bool(self.augmented[episode]))
         return self.prompter.host_prompt_ids(self.states[episode], self.prev[episode], self.prev_action[episode],
-                                             self.turn[episode])
+                                             self.turn[episode], **extra)
 
     def conversation_content(self, episode: int) -> str:
         """Conversation mode: the full prompt (no history block) first, then only the new observation."""
@@ -293,6 +322,11 @@ class SokobanHostTask:
 
         obs = sk.render_text(self.states[episode], self.prompter.render_style)
         t = self.turn[episode]
+        if self._state_keys is not None and self.augmented[episode]:  # the text reference of the device splice
+            from envs.distractors import augment_text  # noqa: PLC0415
+
+            obs = augment_text(self.prompter.splice.bank, obs, aug.state_key(self._state_keys[episode], t),
+                               self.prompter.augment_epsilon, dim=self.prompter.dim)
         prefix, suffix = prompt_parts(self.prompter.dim, self.prompter.thinking, self.prompter.prompt_style)
         return (prefix if t == 0 else "") + step_intro(t, self.prompter.prompt_style) + obs + suffix
 
@@ -317,16 +351,21 @@ class PoolTask:
     user turn through `chat.encode_conversation`. Actions are parsed with `chat.parse_action_text`.
     lost[i] / lost_reason[i]: episode i was cut short by the pool (worker crash, timeout, env error, failed
     reset) and the pool's `truncated_reason`; `host_rollout` does not play an episode lost at reset.
+    augmenter: distractors on the observations of augmented episodes (`augment.TextAugmenter`); `shown[i]` is
+    the step as the policy reads it, and the history keeps what it read; the env only ever sees the actions.
     """
 
-    def __init__(self, pool, env_ids: Sequence[int], seeds: Sequence[int], chat, prompt_fn, max_turns: int):
+    def __init__(self, pool, env_ids: Sequence[int], seeds: Sequence[int], chat, prompt_fn, max_turns: int,
+                 augmenter: Optional[aug.TextAugmenter] = None):
         from agentrl_jax.chat import parse_action_text  # noqa: PLC0415
 
         self._parse = parse_action_text
-        self.pool, self.chat, self.prompt_fn = pool, chat, prompt_fn
+        self.pool, self.chat, self.prompt_fn, self.augmenter = pool, chat, prompt_fn, augmenter
         self.env_ids = list(env_ids)
         self.num_episodes, self.max_turns = len(self.env_ids), int(max_turns)
+        self.augmented = np.zeros(self.num_episodes, bool) if augmenter is None else augmenter.augmented
         self.steps = pool.reset(self.env_ids, list(seeds))
+        self.shown: List[Any] = list(self.steps)  # the steps as the policy reads them (distractors added)
         self.history: List[List[Tuple[str, str]]] = [[] for _ in self.env_ids]
         self.lost: List[bool] = [False] * self.num_episodes
         self.lost_reason: List[Optional[str]] = [None] * self.num_episodes
@@ -336,14 +375,18 @@ class PoolTask:
     def _note(self, episode: int, ts) -> None:
         if is_lost_step(ts) and not self.lost[episode]:  # keep the first reason, not a later "needs_reset: ..."
             self.lost[episode], self.lost_reason[episode] = True, str(ts.info["truncated_reason"])
+        if self.augmenter is not None and self.augmented[episode]:
+            obs = self.augmenter.observation(episode, len(self.history[episode]), ts)
+            ts = dataclasses.replace(ts, observation=obs)
+        self.shown[episode] = ts
 
     def prompt_ids(self, episode: int) -> List[int]:
-        text = self.prompt_fn(self.steps[episode], self.history[episode], len(self.history[episode]))
+        text = self.prompt_fn(self.shown[episode], self.history[episode], len(self.history[episode]))
         return self.chat.encode_conversation([{"role": "user", "content": text}], add_generation_prompt=True)
 
     def conversation_content(self, episode: int) -> str:
         """Conversation mode: the full prompt first, then the new observation and admissible actions."""
-        ts, turn = self.steps[episode], len(self.history[episode])
+        ts, turn = self.shown[episode], len(self.history[episode])
         if turn == 0:
             return self.prompt_fn(ts, [], 0)
         from envs.prompting import answer_format, format_admissible  # noqa: PLC0415
@@ -359,11 +402,12 @@ class PoolTask:
         out = []
         for i, (act, ok) in zip(episodes, parsed):
             if not ok:
-                self.history[i].append((self.steps[i].observation, "invalid"))
+                self.history[i].append((self.shown[i].observation, "invalid"))
+                self._note(i, self.steps[i])  # the same state again, with a fresh distractor sample
                 out.append((0.0, False, False, True, -1))
                 continue
             ts = results[i]
-            self.history[i].append((self.steps[i].observation, act))
+            self.history[i].append((self.shown[i].observation, act))
             self.steps[i] = ts
             self._note(i, ts)
             out.append((float(ts.reward), bool(ts.done), bool(ts.success) and not self.lost[i], False, -1))
@@ -438,7 +482,7 @@ def host_conversation_rollout(graphdef, params, task, chat, config: gen.Generati
     invalid = np.zeros((e, t_max), bool)
     resp_trunc = np.zeros((e, t_max), bool)
     ctx_trunc = np.zeros(e, bool)
-    done = _task_lost(task, e).copy()  # lost at reset: nothing to play
+    done = _task_flags(task, e).copy()  # lost at reset: nothing to play
     success = np.zeros(e, bool)
     timings = {} if timings is None else timings
     cache = _policy_cache(graphdef, params, e, max_total_tokens)
@@ -498,8 +542,8 @@ def host_conversation_rollout(graphdef, params, task, chat, config: gen.Generati
         out["loss_mask"][i, size - k:], out["logprobs"][i, size - k:] = loss[i], lps[i]
     batch = ConversationBatch(**out, reward=reward, valid=valid, invalid=invalid, response_truncated=resp_trunc,
                               context_truncated=ctx_trunc)
-    lost = _task_lost(task, e)
+    lost = _task_flags(task, e)
     success &= ~lost
     stats = EpisodeStats(episode_return=reward.sum(1), success=success, length=valid.sum(1).astype(np.int32),
-                         truncated=~success, lost=lost)
+                         truncated=~success, lost=lost, augmented=_task_flags(task, e, "augmented"))
     return batch, stats

@@ -100,6 +100,29 @@ def _summarise_parts(parts) -> Dict[str, float]:
     return out
 
 
+def _richness_metrics(batch, stats, tokenizer, max_states: int = 64) -> Dict[str, float]:
+    """The study's state-richness measure split by the episode's distractor coin: mean tokens (all states) and
+    chars (up to `max_states` decoded states of each kind) of the prompt the policy read per state, for plain
+    and augmented episodes, and the augmented fraction of episodes (lost ones left out)."""
+    kept = _kept(stats)
+    flags = np.zeros(len(kept), bool) if stats.augmented is None else np.asarray(stats.augmented, bool)
+    out = {"augment/episode_fraction": float(flags[kept].mean()) if kept.any() else 0.0}
+    if not hasattr(batch, "prompt_ids"):  # conversation mode: one buffer per episode, no per-state prompt
+        return out
+    valid = np.asarray(batch.valid) & kept[:, None]
+    mask = np.asarray(batch.prompt_mask) == 1
+    for name, rows in (("plain", ~flags), ("augmented", flags)):
+        states = np.argwhere(valid & rows[:, None])
+        if not len(states):
+            continue
+        out[f"augment/state_tokens_{name}"] = float(mask[states[:, 0], states[:, 1]].sum(-1).mean())
+        sample = states[:max_states]
+        ids = np.asarray(batch.prompt_ids)[sample[:, 0], sample[:, 1]]
+        texts = tokenizer.batch_decode([row[m] for row, m in zip(ids, mask[sample[:, 0], sample[:, 1]])])
+        out[f"augment/state_chars_{name}"] = float(np.mean([len(t) for t in texts]))
+    return out
+
+
 def _episode_text(tokenizer, batch, stats, e: int) -> str:
     lines = [f"success={bool(np.asarray(stats.success)[e])} return={float(np.asarray(stats.episode_return)[e]):.2f}"]
     if not hasattr(batch, "prompt_ids"):  # conversation mode: the whole buffer
@@ -532,6 +555,8 @@ def _rl_iteration(tr: Trainer, rl_step, step, params, opt_state, key, cfg: rl.RL
         if d is not tr.domain:
             m.update(d.metrics())
     m.update(_summarise(stats, batch))
+    if getattr(tr.domain, "augmentation", None) is not None and tr.domain.augmentation.active:
+        m.update(_richness_metrics(batch, stats, tr.tokenizer))
     m[f"env/{tr.domain.name}/crashed_episodes"] = m["lost_episodes"]
     gen_tokens = _generated_tokens(batch)
     env_steps = float(np.asarray(batch.valid).sum())

@@ -234,7 +234,7 @@ class AlfWorldEnv(TextEnv):
         raw = self._state["feedback"]
         obs, self._task = split_task(raw)
         return TextStep(task=self._task, observation=obs, admissible_actions=self._admissible(),
-                        info=self._info(raw_observation=raw))
+                        info=self._info(raw_observation=raw, entities=self._entities()))
 
     def step(self, action: str) -> TextStep:
         if self._state is None:
@@ -253,6 +253,13 @@ class AlfWorldEnv(TextEnv):
         return TextStep(task=self._task, observation=self._state["feedback"].strip(),
                         admissible_actions=self._admissible(), reward=reward, done=done, success=won,
                         truncated=truncated, info=info)
+
+    def _entities(self) -> list[str]:
+        """Every numbered entity of the game ("mug 1", "cabinet 3"), hidden ones included (from TextWorld's
+        game state; in the reset step's info["entities"]), so that distractors never reuse a real id."""
+        infos = (self._state or {}).get("_entity_infos") or {}
+        names = (getattr(i, "name", None) for i in infos.values())
+        return sorted(n for n in names if n and re.fullmatch(r"\S+ \d+", n))
 
     def _admissible(self) -> tuple[str, ...]:
         return tuple(sorted(self._state["admissible_commands"] or ()))

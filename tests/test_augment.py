@@ -1,18 +1,25 @@
 """The on-device Sokoban distractor splice against the plain-text reference, key for key, on real tokenizers."""
 import os
+import re
 from pathlib import Path
 
+import gin
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
+from flax import nnx
 from transformers import AutoTokenizer
 
 import envs.distractors as D
 import envs.sokoban as sk
+from agentrl_jax import generate as gen
 from agentrl_jax.augment import DistractorSplice, augment_episode
 from agentrl_jax.chat import ChatFormat
 from agentrl_jax.models.tiny import ensure_tiny_folder
+from agentrl_jax.rollout import SokobanHostTask, host_rollout, sokoban_device_rollout
 from agentrl_jax.sokoban_prompt import SokobanPrompter
+from helpers.fixed_answer import fixed_answer_policy
 
 REPO = Path(__file__).resolve().parents[1]
 SMOL = Path(os.environ.get("AGENTRL_CACHE", REPO / "cache")) / "smollm2-135m-instruct"
@@ -165,3 +172,174 @@ def test_bad_settings_name_the_gin_binding(tiny_chat):
     SokobanPrompter(tiny_chat, dim=6, max_steps=15, max_prompt_tokens=need - 1)
     with pytest.raises(ValueError, match="augment_key"):
         fits.host_prompt_ids(None)
+
+
+# ------------------------------------------------------------------ rollouts: the task is unchanged
+DISTRACTOR_LINE = re.compile(r"\n\(-?\d+, -?\d+\) shows an? [^\n]*unreachable\)\.")
+
+
+def _masked(batch, e, t):
+    ids, mask = np.asarray(batch.prompt_ids)[e, t], np.asarray(batch.prompt_mask)[e, t] == 1
+    return [int(x) for x in ids[mask]]
+
+
+@pytest.fixture(scope="module")
+def up_rollouts(tiny_chat):
+    """8 episodes (2 levels x 4, a GRPO group each) of a policy that always answers "up", with distractors on
+    (eps 80, p 0.5) on device and from the host, and off on device; one rollout key."""
+    policy, answer_len = fixed_answer_policy(tiny_chat, "<action>up</action>")
+    graphdef, params = nnx.split(policy)
+    env = sk.Sokoban(dim=6, num_boxes=1, max_steps=3)
+    pr = SokobanPrompter(tiny_chat, dim=6, max_steps=3, window=1, max_prompt_tokens=2048, augment_bank="sokoban",
+                         augment_epsilon=80.0, augment_p=0.5)
+    levels = jnp.repeat(jax.random.split(jax.random.PRNGKey(3), 2), 4, axis=0)
+    key = jax.random.PRNGKey(7)
+    cfg = gen.GenerationConfig(max_new_tokens=answer_len + 1, temperature=0.0, stop_ids=tiny_chat.stop_ids, pad_id=0)
+    run = jax.jit(sokoban_device_rollout, static_argnums=(0, 2, 3, 4), static_argnames=("augment",))
+    on = jax.device_get(run(graphdef, params, env, pr, cfg, levels, key, augment=True))
+    off = jax.device_get(run(graphdef, params, env, pr, cfg, levels, key, augment=False))
+    host = host_rollout(graphdef, params, SokobanHostTask(env, pr, levels, augment_key=key), cfg, key,
+                        tiny_chat.tokenizer, pr.max_prompt_tokens)
+    return on, off, host
+
+
+def test_device_rollout_with_distractors_equals_host_and_leaves_the_task_unchanged(tiny_chat, up_rollouts):
+    (on, on_stats), (off, off_stats), (host, host_stats) = up_rollouts
+    flags = np.asarray(on_stats.augmented)
+    np.testing.assert_array_equal(flags, host_stats.augmented)
+    assert 0 < flags.sum() < 8 and not np.asarray(off_stats.augmented).any()
+    assert flags[:4].any() and not flags[:4].all() or flags[4:].any() and not flags[4:].all()  # a group mixes
+    # The env sees only the actions: rewards, dones (turns played), actions and successes are the same.
+    for field in ("valid", "invalid", "action", "reward", "response_ids", "response_mask"):
+        for other in (off, host):
+            np.testing.assert_array_equal(np.asarray(getattr(on, field)), np.asarray(getattr(other, field)), field)
+    for field in ("success", "length", "episode_return"):
+        np.testing.assert_array_equal(np.asarray(getattr(on_stats, field)), np.asarray(getattr(off_stats, field)))
+    decode = tiny_chat.tokenizer.decode
+    for e in range(8):
+        turns = np.flatnonzero(np.asarray(on.valid)[e])
+        added = []
+        for t in turns:
+            aug_ids, plain_ids = _masked(on, e, t), _masked(off, e, t)
+            assert aug_ids == _masked(host, e, t)  # the same ids on device and from the host
+            if not flags[e]:
+                assert aug_ids == plain_ids
+                continue
+            text, plain = decode(aug_ids), decode(plain_ids)
+            lines = DISTRACTOR_LINE.findall(text)
+            assert len(lines) == 8 and DISTRACTOR_LINE.sub("", text) == plain  # k = max(1, 80 // 10) lines
+            added.append(lines)
+        assert len(added) < 2 or added[0] != added[1]  # a fresh sample for every state
+
+
+def test_richness_metrics_split_states_by_the_coin(tiny_chat, up_rollouts):
+    from agentrl_jax.train import _richness_metrics
+
+    (on, on_stats), (off, off_stats), _ = up_rollouts
+    m = _richness_metrics(on, on_stats, tiny_chat.tokenizer)
+    assert m["augment/episode_fraction"] == pytest.approx(np.mean(on_stats.augmented))
+    assert m["augment/state_tokens_augmented"] > m["augment/state_tokens_plain"] + 40
+    assert m["augment/state_chars_augmented"] > m["augment/state_chars_plain"] + 8 * 30
+    plain = _richness_metrics(off, off_stats, tiny_chat.tokenizer)
+    assert plain["augment/episode_fraction"] == 0 and "augment/state_tokens_augmented" not in plain
+
+
+def test_bfs_solutions_solve_augmented_host_episodes(tiny_chat):
+    env = sk.Sokoban(dim=6, num_boxes=1, max_steps=30)
+    pr = SokobanPrompter(tiny_chat, dim=6, max_steps=30, window=1, max_prompt_tokens=2048, augment_bank="sokoban",
+                         augment_epsilon=80.0, augment_p=1.0)
+    task = SokobanHostTask(env, pr, jax.random.split(jax.random.PRNGKey(11), 3), augment_key=jax.random.PRNGKey(1))
+    assert task.augmented.all()
+    plans = [sk.solve(sk.level_from_state(s)) for s in task.states]
+    done = [False] * 3
+    for t in range(max(len(p) for p in plans)):
+        live = [i for i in range(3) if t < len(plans[i])]
+        for i in live:
+            assert len(DISTRACTOR_LINE.findall(tiny_chat.tokenizer.decode(task.prompt_ids(i)))) == 8
+        out = task.step(live, [f"<action>{sk.ACTION_WORDS[plans[i][t]]}</action>" for i in live], [True] * len(live))
+        for i, (_, d, success, invalid, _) in zip(live, out):
+            assert not invalid
+            done[i] = success
+    assert all(done)
+
+
+def test_gin_augment_bindings_per_domain(tiny_chat):
+    from agentrl_jax.domains import make_domain
+
+    with gin.unlock_config():
+        gin.clear_config()
+        gin.parse_config(["sokoban/augment.epsilon = 80", "sokoban/augment.p = 0.5", "augment.epsilon = 3",
+                          "SokobanPrompter.max_prompt_tokens = 2048"])  # the tiny tokenizer spells out words
+    try:
+        dom = make_domain("sokoban", chat=tiny_chat, seed=0, num_eval_tasks=4)
+        assert dom.prompter.augmenting and dom.prompter.augment_epsilon == 80 and dom.prompter.augment_p == 0.5
+        assert dom.augments(dom.train_tasks(0, 2)) and not dom.augments(dom.eval_tasks(2))  # held out: plain
+        aug = __import__("agentrl_jax.augment", fromlist=["x"])
+        assert aug.domain_augmentation("alfworld").epsilon == 3  # unscoped bindings reach every domain
+        for binding, match in [("sokoban/augment.epsilon = -1", "sokoban/augment.epsilon"),
+                               ("sokoban/augment.p = 2.0", "sokoban/augment.p"),
+                               ("sokoban/augment.bank = 'nope'", "sokoban/augment.bank = 'nope'"),
+                               ("sokoban/augment.epsilon = 100000", "max_prompt_tokens.*sokoban/augment.epsilon")]:
+            gin.clear_config()
+            gin.parse_config([binding])
+            with pytest.raises(ValueError, match=match):
+                make_domain("sokoban", chat=tiny_chat, seed=0, num_eval_tasks=4)
+        gin.clear_config()
+        with pytest.raises(ValueError, match="augment_epsilon"):  # one place: the prompter's own knob is not gin
+            gin.parse_config(["SokobanPrompter.augment_epsilon = 80"])
+    finally:
+        gin.clear_config()
+
+
+# ------------------------------------------------------------------ text domains through the pool
+@pytest.mark.alfworld
+@pytest.mark.slow
+def test_alfworld_walkthroughs_win_through_the_pool_with_augmented_observations(tiny_chat):
+    """All 48 vendored games played through the domain's pools with their walkthroughs as the policy's answers,
+    half the episodes augmented (eps 300: 25 sentences per observation): every game is won, the env's steps
+    are untouched, and the ids in the distractors are fresh."""
+    pytest.importorskip("alfworld", reason="alfworld not installed (pip install alfworld==0.4.2)")
+    from agentrl_jax.domains import Tasks, make_domain
+
+    with gin.unlock_config():
+        gin.clear_config()
+        gin.parse_config(["alfworld/augment.epsilon = 300", "alfworld/augment.p = 0.5", "alfworld/augment.in_eval = True"])
+    dom = make_domain("alfworld", chat=tiny_chat, seed=0, num_workers=2, envs_per_worker=12, max_steps=60,
+                      step_timeout_s=300, reset_timeout_s=600)
+    won, flags = {}, []
+    try:
+        for split in ("train", "valid_seen", "valid_unseen"):
+            n = dom.task_count(split)
+            tasks = Tasks(np.arange(n), None, split)
+            assert dom.augments(tasks)
+            task = dom.host_task(tasks, jax.random.PRNGKey(len(split)))
+            plans = dom.pool(split).call(list(range(n)), "expert_actions")
+            flags += list(task.augmented)
+            for t in range(max(len(p) for p in plans)):
+                live = [i for i in range(n) if t < len(plans[i])]
+                for i in live:
+                    shown, real = task.shown[i], task.steps[i]
+                    assert shown.admissible_actions == real.admissible_actions and shown.task == real.task
+                    if not task.augmented[i]:
+                        assert shown.observation == real.observation
+                        continue
+                    context = dom.augment_context(real, task.augmenter._first[i])
+                    ds = D.sample_distractors("alfworld", real.observation, task.augmenter._key(i, t), 300,
+                                              **context)
+                    assert len(ds) == 25 and D.render(real.observation, ds) == shown.observation
+                    ids = [d.entity_id for d in ds]
+                    names = [re.search(r"(\w+) \d+", d.text).group(0) for d in ds]
+                    assert len(set(names)) == 25 and not set(names) & set(context["entities"]), (names, ids)
+                    prompt = tiny_chat.tokenizer.decode(task.prompt_ids(i))
+                    assert shown.observation in prompt  # the policy reads the augmented state
+                out = task.step(live, [f"<action>{plans[i][t]}</action>" for i in live], [True] * len(live))
+                assert not any(invalid for *_, invalid, _ in out)
+                for i, (_, done, success, _, _) in zip(live, out):
+                    won[(split, i)] = success
+            assert not any(task.lost)
+        assert dom.pool_stats()["restarts"] == 0
+    finally:
+        dom.close()
+        gin.clear_config()
+    assert len(won) == 48 and all(won.values()), [k for k, v in won.items() if not v]
+    assert 0 < sum(flags) < 48  # the coin mixes augmented and plain episodes

@@ -112,8 +112,9 @@ class Domain(abc.ABC):
         """The first `n_tasks` tasks of a fixed held-out split (the same every call)."""
 
     @abc.abstractmethod
-    def host_task(self, tasks: Tasks):
-        """A `rollout.HostTask` for the batch (prompt ids per turn, step with answers)."""
+    def host_task(self, tasks: Tasks, key=None):
+        """A `rollout.HostTask` for the batch (prompt ids per turn, step with answers). key: the rollout's key,
+        from which distractor coins and state keys derive (`agentrl_jax.augment`); None = plain prompts."""
 
     def device_rollout(self, graphdef, params, config: gen.GenerationConfig, tasks: Tasks, key, invalid_penalty):
         raise NotImplementedError(f"the {self.name} domain has no on-device rollout; use rollout mode 'host'.")
@@ -165,7 +166,7 @@ class Domain(abc.ABC):
                                  "or rollout_mode 'host'.")
             batch, stats = self.device_rollout(graphdef, params, config, tasks, key, settings.invalid_penalty)
             return jax.device_get(batch), jax.device_get(stats)
-        task = self.host_task(tasks)
+        task = self.host_task(tasks, key)
         if settings.prompt_mode == "conversation":
             return host_conversation_rollout(graphdef, params, task, self.chat, config, key, tokenizer,
                                              settings.max_context_tokens, settings.invalid_penalty, timings=timings)

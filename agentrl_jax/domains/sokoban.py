@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import envs.sokoban as sk
+from agentrl_jax import augment as aug
 from agentrl_jax import generate as gen
 from agentrl_jax import heldout
 from agentrl_jax.domains.base import (HELD_OUT_STREAM, SFT_VALIDATION_STREAM, TRAIN_STREAM, Domain, Tasks, register,
@@ -25,7 +26,7 @@ from agentrl_jax.sokoban_prompt import SokobanPrompter
 
 SPLIT_STREAMS = {"heldout": HELD_OUT_STREAM, "sft_validation": SFT_VALIDATION_STREAM}
 # One compiled program per (policy graph, env, prompter, generation config); shared by every domain instance.
-device_rollout_jit = jax.jit(sokoban_device_rollout, static_argnums=(0, 2, 3, 4), static_argnames=("invalid_penalty",))
+device_rollout_jit = jax.jit(sokoban_device_rollout, static_argnums=(0, 2, 3, 4), static_argnames=("invalid_penalty", "augment"))
 
 
 @register
@@ -46,7 +47,14 @@ class SokobanDomain(Domain):
                  eval_split: Optional[str] = None, max_response_tokens: Optional[int] = None):
         super().__init__(chat, seed, eval_split, max_response_tokens)
         self.env = sk.Sokoban()
-        self.prompter = SokobanPrompter(chat, dim=self.env.dim, max_steps=self.env.max_steps)
+        self.augmentation = aug.domain_augmentation(self.name)
+        a = self.augmentation
+        try:
+            self.prompter = SokobanPrompter(chat, dim=self.env.dim, max_steps=self.env.max_steps,
+                                            **(dict(augment_bank=a.bank, augment_epsilon=a.epsilon, augment_p=a.p)
+                                               if a.active else {}))
+        except ValueError as e:  # name the gin bindings, not the constructor arguments
+            raise ValueError(str(e).replace("SokobanPrompter.augment_", "sokoban/augment.")) from None
         self.max_prompt_tokens, self.max_turns = self.prompter.max_prompt_tokens, self.env.max_steps
         n = int(held_out_levels or num_eval_tasks)
         held = heldout.HeldOutLevels.build(self.env, stream_keys(self.seed, HELD_OUT_STREAM, 0, n))
@@ -72,12 +80,17 @@ class SokobanDomain(Domain):
     def task_count(self, split: str) -> Optional[int]:
         return len(self.level_sets[split]) if split in self.level_sets else None
 
-    def host_task(self, tasks: Tasks):
-        return SokobanHostTask(self.env, self.prompter, tasks.keys)
+    def augments(self, tasks: Tasks) -> bool:
+        """Whether these tasks' episodes get distractors (training ones when `sokoban/augment.*` is on)."""
+        return self.augmentation.applies_to(tasks.split, self.train_split)
+
+    def host_task(self, tasks: Tasks, key=None):
+        return SokobanHostTask(self.env, self.prompter, tasks.keys,
+                               augment_key=key if key is not None and self.augments(tasks) else None)
 
     def device_rollout(self, graphdef, params, config: gen.GenerationConfig, tasks: Tasks, key, invalid_penalty):
         return device_rollout_jit(graphdef, params, self.env, self.prompter, config, tasks.keys, key,
-                                  invalid_penalty=invalid_penalty)
+                                  invalid_penalty=invalid_penalty, augment=self.augments(tasks))
 
     def metrics(self) -> Dict[str, float]:
         """Distinct training levels drawn so far and their overlap with the held-out sets."""

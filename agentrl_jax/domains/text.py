@@ -16,6 +16,7 @@ import numpy as np
 import envs.alfworld  # noqa: F401
 import envs.pool  # noqa: F401
 import envs.sciworld  # noqa: F401
+from agentrl_jax import augment as aug
 from agentrl_jax.domains.base import TRAIN_STREAM, Domain, Tasks, register, stream_seeds
 from agentrl_jax.rollout import PoolTask
 
@@ -29,7 +30,8 @@ class TextDomain(Domain):
     step limit (the study: 50). max_prompt_tokens: the prompt buffer (the study: 2048). window: history pairs
     shown in the prompt (None = the study's for the domain, `default_window`). env_options: extra keyword
     arguments of the env class. step_timeout_s: a step that takes longer marks its episode lost and restarts
-    the worker. Each subclass is its own gin configurable (`AlfWorldDomain.num_workers = 1`).
+    the worker; reset_timeout_s is the same for a batched reset (games load then). Each subclass is its own gin
+    configurable (`AlfWorldDomain.num_workers = 1`). Distractors: `<name>/augment.*` (`agentrl_jax.augment`).
     """
 
     default_window: int = 0
@@ -37,7 +39,7 @@ class TextDomain(Domain):
     def __init__(self, chat, seed: int, num_eval_tasks: int = 0, num_workers: int = 2, envs_per_worker: int = 8,
                  max_steps: int = 50, max_prompt_tokens: int = 2048, window: Optional[int] = None,
                  eval_split: Optional[str] = None, env_options: Optional[dict] = None, step_timeout_s: float = 60.0,
-                 max_response_tokens: Optional[int] = None):
+                 max_response_tokens: Optional[int] = None, reset_timeout_s: float = 120.0):
         del num_eval_tasks  # fixed held-out sets are the seeds 0..n-1 of a split
         window = self.default_window if window is None else window
         super().__init__(chat, seed, eval_split, max_response_tokens)
@@ -48,8 +50,11 @@ class TextDomain(Domain):
         self.max_prompt_tokens, self.window = int(max_prompt_tokens), int(window)
         self.options = dict(env_options or {})
         self.num_workers, self.envs_per_worker, self.step_timeout_s = num_workers, envs_per_worker, step_timeout_s
+        self.reset_timeout_s = reset_timeout_s
         self._pools: Dict[str, object] = {}
         self._closed_stats: Dict[str, int] = {k: 0 for k in POOL_COUNTERS}
+        self.augmentation = aug.domain_augmentation(self.name)
+        self._monitor = self.augmentation.active and aug.uses_monitor(self.augmentation.bank)
 
     # ------------------------------------------------------------------ per domain
     def env_factory(self, split: str) -> Callable:
@@ -57,6 +62,15 @@ class TextDomain(Domain):
 
     def prompt_fn(self, ts, history, turn: int) -> str:
         raise NotImplementedError
+
+    def augment_context(self, ts, first_ts) -> dict:
+        """The distractor bank's context for a state (`envs.distractors.CONTEXT_KEYS`), given the episode's reset
+        step too; subclasses add what their bank needs (ALFWorld: the real entity ids)."""
+        return {"other_states": list(aug.sokoban_monitor_states())} if self._monitor else {}
+
+    def augments(self, tasks: Tasks) -> bool:
+        """Whether these tasks' episodes get distractors (training ones when `<domain>/augment.*` is on)."""
+        return self.augmentation.applies_to(tasks.split, self.train_split)
 
     # ------------------------------------------------------------------ Domain
     def train_tasks(self, step: int, n_tasks: int) -> Tasks:
@@ -74,16 +88,20 @@ class TextDomain(Domain):
             from envs.pool import EnvPool  # noqa: PLC0415
 
             self._pools[split] = EnvPool(self.env_factory(self.check_split(split)), num_workers=self.num_workers,
-                                         envs_per_worker=self.envs_per_worker, step_timeout_s=self.step_timeout_s)
+                                         envs_per_worker=self.envs_per_worker, step_timeout_s=self.step_timeout_s,
+                                         reset_timeout_s=self.reset_timeout_s)
         return self._pools[split]
 
-    def host_task(self, tasks: Tasks) -> PoolTask:
+    def host_task(self, tasks: Tasks, key=None) -> PoolTask:
         capacity = self.batch_capacity()
         if tasks.num_episodes > capacity:
             raise ValueError(f"{tasks.num_episodes} episodes per batch but the {self.name} pool holds {capacity} envs; "
                              f"raise {type(self).__name__}.num_workers / envs_per_worker or lower the batch.")
+        augmenter = None
+        if key is not None and self.augments(tasks):
+            augmenter = aug.TextAugmenter(self.augmentation, key, tasks.num_episodes, self.augment_context)
         return PoolTask(self.pool(tasks.split), list(range(tasks.num_episodes)), [int(s) for s in tasks.seeds],
-                        self.chat, self.prompt_fn, self.max_steps)
+                        self.chat, self.prompt_fn, self.max_steps, augmenter=augmenter)
 
     def pool_stats(self) -> Dict[str, int]:
         """Restarts, timeouts, crashes and env errors summed over this domain's pools, closed ones included."""
@@ -125,6 +143,11 @@ class AlfWorldDomain(TextDomain):
         from envs.alfworld import AlfWorldEnv  # noqa: PLC0415
 
         return len(AlfWorldEnv(split=self.check_split(split), max_steps=self.max_steps, **self.options).games)
+
+    def augment_context(self, ts, first_ts) -> dict:
+        """Real ids the distractors must avoid: the admissible commands and every entity of the game."""
+        return {**super().augment_context(ts, first_ts), "admissible_actions": list(ts.admissible_actions),
+                "entities": list(first_ts.info.get("entities") or ())}
 
     def prompt_fn(self, ts, history, turn: int) -> str:
         from envs.alfworld import build_prompt  # noqa: PLC0415

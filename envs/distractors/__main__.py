@@ -25,13 +25,6 @@ class Unavailable(RuntimeError):
     """The domain's environment cannot run here (missing package, runtime or data)."""
 
 
-def alfworld_entities(env) -> list[str] | None:
-    """Every entity name of the current ALFWorld game ("mug 1", "cabinet 3", ...), hidden ones included, read
-    from TextWorld's game state (AlfWorldEnv does not expose them yet); None if that is not available."""
-    infos = (getattr(env, "_state", None) or {}).get("_entity_infos")
-    return None if infos is None else [i.name for i in infos.values() if getattr(i, "name", None)]
-
-
 def sokoban_state(seed: int, dim: int = 6, num_boxes: int = 1) -> tuple[str, dict]:
     import jax
 
@@ -53,7 +46,7 @@ def alfworld_state(seed: int, data_path: str | None, split: str = "train") -> tu
         raise Unavailable(f"ALFWorld is not available here: {e}") from None
     try:
         return step.observation, {"admissible_actions": list(step.admissible_actions),
-                                  "entities": alfworld_entities(env)}
+                                  "entities": list(step.info.get("entities") or ())}
     finally:
         env.close()
 

@@ -362,11 +362,6 @@ def test_sokoban_bfs_plans_still_solve_on_augmented_states():
         assert ts.success and ts.done and ts.reward == 10.0
 
 
-def _alfworld_entities(env):
-    # Every entity of the game, hidden ones included (TextWorld's game state; AlfWorldEnv does not expose it).
-    return [info.name for info in env._state["_entity_infos"].values()]
-
-
 @pytest.mark.alfworld
 def test_alfworld_walkthroughs_still_win_with_augmented_observations():
     pytest.importorskip("alfworld", reason="alfworld not installed (pip install alfworld==0.4.2)")
@@ -379,7 +374,8 @@ def test_alfworld_walkthroughs_still_win_with_augmented_observations():
         for seed in (0, 8, 16, 20):  # look, clean, heat, pick-two: four of the six task types
             ts = env.reset(seed)
             types.add(task_type_of(env.game_file))
-            entities = _alfworld_entities(env)
+            entities = ts.info["entities"]  # every numbered entity of the game, hidden ones included
+            assert len(entities) > 10 and all(re.fullmatch(r"\S+ \d+", e) for e in entities)
             real = set(entities)
             plan = env.expert_actions()
             for t, action in enumerate(plan):
