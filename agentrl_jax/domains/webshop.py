@@ -1,0 +1,52 @@
+"""WebShop as a pooled text domain: `envs.webshop.WebShopEnv` (in-process BM25 search and WebShop's score).
+
+Train on the `train` goals (indices 500+ of the fixed shuffle); held out: `validation` (goals 0-499, the study's
+eval set) and `human` (the 13 human instructions of the small set). The study: 15 steps, prompts up to 4096
+tokens, the last 2 steps shown (window 2).
+"""
+from __future__ import annotations
+
+import functools
+from typing import Callable, Optional
+
+import gin
+
+import envs.webshop  # noqa: F401  (its gin configurables exist before gin files are parsed)
+from agentrl_jax.domains.base import register
+from agentrl_jax.domains.text import TextDomain
+
+
+@register
+@gin.configurable(denylist=["chat", "seed", "num_eval_tasks"])
+class WebShopDomain(TextDomain):
+    """WebShop (the 1000-product small set by default; `WebShopEnv.data_path` for another). Study defaults:
+    max_steps 15, max_prompt_tokens 4096, window 2."""
+
+    name = "webshop"
+    splits = ("validation", "human")
+    gin_configurables = ("WebShopDomain", "WebShopEnv", "webshop_factory", "webshop.build_prompt")
+    default_window = 2
+
+    def __init__(self, chat, seed: int, num_eval_tasks: int = 0, max_steps: int = 15,
+                 max_prompt_tokens: int = 4096, **kwargs):
+        super().__init__(chat, seed, num_eval_tasks, max_steps=max_steps, max_prompt_tokens=max_prompt_tokens,
+                         **kwargs)
+
+    def env_factory(self, split: str) -> Callable:
+        from envs.webshop import webshop_factory  # noqa: PLC0415
+
+        return webshop_factory(split=split, max_steps=self.max_steps, **self.options)
+
+    @functools.lru_cache(maxsize=None)  # noqa: B019 (one domain object per run)
+    def task_count(self, split: str) -> Optional[int]:
+        """Goals in the split, from the catalog alone (no index, no tagger)."""
+        from envs.webshop.data import load_catalog  # noqa: PLC0415
+
+        catalog = load_catalog(self.options.get("data_path"), self.options.get("goal_seed", 233))
+        return len(catalog.split_goals(self.check_split(split)))
+
+    def prompt_fn(self, ts, history, turn: int) -> str:
+        from envs.webshop import build_prompt  # noqa: PLC0415
+
+        return build_prompt(ts.task, history, ts.observation, ts.admissible_actions, turn, window=self.window,
+                            thinking=self.chat.thinking)
