@@ -324,7 +324,7 @@ def test_alfworld_walkthroughs_win_through_the_pool_with_augmented_observations(
                         assert shown.observation == real.observation
                         continue
                     context = dom.augment_context(real, task.augmenter._first[i])
-                    ds = D.sample_distractors("alfworld", real.observation, task.augmenter._key(i, t), 300,
+                    ds = D.sample_distractors("alfworld", real.observation, task.augmenter.rng(i, t), 300,
                                               **context)
                     assert len(ds) == 25 and D.render(real.observation, ds) == shown.observation
                     ids = [d.entity_id for d in ds]
@@ -343,3 +343,31 @@ def test_alfworld_walkthroughs_win_through_the_pool_with_augmented_observations(
         gin.clear_config()
     assert len(won) == 48 and all(won.values()), [k for k, v in won.items() if not v]
     assert 0 < sum(flags) < 48  # the coin mixes augmented and plain episodes
+
+
+def test_cross_domain_monitor_in_a_text_domain_shows_a_sokoban_state(tiny_chat):
+    from agentrl_jax import augment as aug
+    from agentrl_jax.domains import make_domain
+    from envs.interface import TextStep
+
+    with gin.unlock_config():
+        gin.clear_config()
+        gin.parse_config(["alfworld/augment.bank = 'cross_domain'", "alfworld/augment.epsilon = 60"])
+    try:
+        dom = make_domain("alfworld", chat=tiny_chat, seed=0)
+        ts = TextStep(task="put a mug in the sink", observation="You are in the middle of a room. Looking around "
+                      "you, you see a sink 1.", admissible_actions=("look", "go to sink 1"),
+                      info={"entities": ["mug 1", "sink 1"]})
+        setting = dom.augmentation
+        assert setting.bank == "cross_domain" and aug.uses_monitor(setting.bank)
+        augmenter = aug.TextAugmenter(setting, jax.random.PRNGKey(0), 2, dom.augment_context)
+        assert augmenter.augmented.all()  # p = 1
+        out = augmenter.observation(0, 0, ts)
+        assert out.startswith(ts.observation) and "monitor" in out
+        boards = [text for _, text in aug.sokoban_monitor_states()]
+        shown = out[len(ts.observation):]
+        assert any(" ".join(b.split()[:3]) in shown for b in boards)  # the start of a real Sokoban state
+        assert augmenter.observation(0, 1, ts) != out  # a fresh sample for the next state
+        assert augmenter.observation(0, 0, ts) == out  # the same key, the same text
+    finally:
+        gin.clear_config()

@@ -193,14 +193,16 @@ def _explicit_slots(slots, text: str) -> list[int]:
 # ---------------------------------------------------------------------------------------------- kinds
 
 
+@functools.lru_cache(maxsize=1024)
 def _id_pattern(entity_type: str) -> re.Pattern:
     return re.compile(rf"(?<![\w-]){re.escape(entity_type)} (\d+)\b")
 
 
 def real_ids(entity_type: str, texts: Iterable[str]) -> set[int]:
     """The ids "<type> <n>" that appear in `texts` (observation, admissible commands, entity names)."""
-    pat = _id_pattern(entity_type)
-    return {int(m.group(1)) for t in texts for m in pat.finditer(t)}
+    # One scan of the texts joined by newlines (a non-word character, so no match spans two texts).
+    joined = texts if isinstance(texts, str) else "\n".join(texts)
+    return {int(m.group(1)) for m in _id_pattern(entity_type).finditer(joined)}
 
 
 def fresh_ids(types: Sequence[str], texts: Sequence[str]) -> list[int]:
@@ -208,9 +210,10 @@ def fresh_ids(types: Sequence[str], texts: Sequence[str]) -> list[int]:
     the k-th occurrence of a type gets max(real ids of that type, 0) + k."""
     top: dict[str, int] = {}
     out = []
+    joined = "\n".join(texts)
     for t in types:
         if t not in top:
-            top[t] = max(real_ids(t, texts), default=0)
+            top[t] = max(real_ids(t, joined), default=0)
         top[t] += 1
         out.append(top[t])
     return out
