@@ -77,7 +77,7 @@ def history_mid(step: int) -> str:
 HISTORY_TAIL = "']\n"
 
 
-@gin.configurable(denylist=["chat", "dim", "max_steps"])
+@gin.configurable(denylist=["chat", "dim", "max_steps", "augment_bank", "augment_epsilon", "augment_p"])  # augment.*
 @dataclasses.dataclass(eq=False)
 class SokobanPrompter:
     """Pre-tokenized pieces of the per-step Sokoban prompt for one tokenizer / chat template.
@@ -172,9 +172,11 @@ class SokobanPrompter:
                   + len(self.hist_tail))
         return n
 
-    def _check_augment_key(self, augment_key) -> bool:
-        """Whether to splice: augmentation on needs a key per state (no silent plain prompts)."""
-        if not self.augmenting:
+    def _check_augment_key(self, augment_key, augment=None) -> bool:
+        """Whether to splice: augmentation on needs a key per state (no silent plain prompts) unless the caller
+        asks for a plain prompt with a Python `augment=False` (held-out episodes of a run that trains with
+        distractors)."""
+        if not self.augmenting or augment is False:
             return False
         if augment_key is None:
             raise ValueError(f"SokobanPrompter.augment_bank = {self.augment_bank!r} is set, so every prompt needs "
@@ -196,7 +198,7 @@ class SokobanPrompter:
         off); augment: the episode's coin (bool, traced is fine; None = augmented).
         Returns (ids int32[max_prompt_tokens] right-aligned, mask, total length before truncation).
         """
-        splice = self._check_augment_key(augment_key)
+        splice = self._check_augment_key(augment_key, augment)
         step = jnp.asarray(step, jnp.int32)
         segs = [segments.constant(self.head)]
         if self.window == 1:
@@ -218,7 +220,8 @@ class SokobanPrompter:
     def host_prompt_ids(self, state, prev_state=None, prev_action: int = -1, step: int = 0,
                         augment_key: Optional[jax.Array] = None, augment: Optional[bool] = None) -> List[int]:
         """The same ids as `device_prompt`, unpadded, assembled in Python (for the host rollout path)."""
-        splice = self._check_augment_key(augment_key) and (augment is None or bool(augment))
+        augment = None if augment is None else bool(augment)
+        splice = self._check_augment_key(augment_key, augment)
         pieces = [self.head]
         if self.window == 1 and step > 0:
             word = prev_action if 0 <= prev_action < len(sk.ACTION_WORDS) else len(sk.ACTION_WORDS)
@@ -240,7 +243,7 @@ class SokobanPrompter:
             word = sk.ACTION_WORDS[prev_action] if 0 <= prev_action < 4 else INVALID_WORD
             history = [(sk.render_text(prev_state, self.render_style), word)]
         obs = sk.render_text(state, self.render_style)
-        if self._check_augment_key(augment_key) and (augment is None or bool(augment)):
+        if self._check_augment_key(augment_key, None if augment is None else bool(augment)):
             obs = distractors.augment_text(self.splice.bank, obs, augment_key, self.augment_epsilon, dim=self.dim)
         body = prefix + sk.current_step_text(obs, history, step, self.window,
                                              intro=step_intro(step, self.prompt_style)) + suffix
