@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import weakref
 from typing import List, Optional, Sequence, Tuple
 
 import gin
@@ -25,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx, struct
 
-from agentrl_jax.models.decoder import CausalLM, KVCache
+from agentrl_jax.models.decoder import CausalLM, KVCache, compute_params_jit, init_cache, needs_cast
 
 _TRACES = {"generate_fn": 0}
 
@@ -123,13 +124,20 @@ def _last_real(hidden: jax.Array, mask: jax.Array) -> jax.Array:
 
 
 def prefill_fn(graphdef, state, prompt_ids: jax.Array, prompt_mask: Optional[jax.Array],
-               cache: KVCache) -> Tuple[jax.Array, KVCache]:
+               cache: Optional[KVCache], cache_length: Optional[int] = None) -> Tuple[jax.Array, KVCache]:
     """Write `prompt_ids` [B, P] (mask [B, P], None = all real) into `cache` after what it holds; return the
-    logits [B, V] at each row's last real token (the first sampling distribution) and the new cache."""
+    logits [B, V] at each row's last real token (the first sampling distribution) and the new cache.
+
+    cache None: a fresh cache of `cache_length` slots (static) is made here, inside the program, so a
+    new generation costs no eager allocation and zero-fill of every layer's K/V on the host side first."""
     # Python side effect: runs once per trace, not per call. Counted here, in the prefill, because a new
     # prompt bucket retraces it (with generate_jit, the decode program only depends on the cache shape).
     _TRACES["generate_fn"] += 1
     model = nnx.merge(graphdef, state)
+    if cache is None:
+        if cache_length is None:
+            raise ValueError("prefill without a cache needs cache_length (the slots of the cache to make)")
+        cache = init_cache(model.cfg, prompt_ids.shape[0], int(cache_length))
     mask = jnp.ones(prompt_ids.shape, bool) if prompt_mask is None else prompt_mask.astype(bool)
     _, hidden, cache = model.forward(prompt_ids.astype(jnp.int32), attention_mask=mask, cache=cache,
                                      return_logits=False)
@@ -175,8 +183,9 @@ def decode_fn(graphdef, state, logits: jax.Array, cache: KVCache, key: jax.Array
                             steps=steps)
 
 
-def generate_fn(graphdef, state, prompt_ids: jax.Array, prompt_mask: Optional[jax.Array], cache: KVCache,
-                key: jax.Array, config: GenerationConfig, active: Optional[jax.Array] = None) -> GenerationResult:
+def generate_fn(graphdef, state, prompt_ids: jax.Array, prompt_mask: Optional[jax.Array],
+                cache: Optional[KVCache], key: jax.Array, config: GenerationConfig,
+                active: Optional[jax.Array] = None, cache_length: Optional[int] = None) -> GenerationResult:
     """Pure generation: prefill `prompt_ids` [B, P] into `cache`, then decode up to config.max_new_tokens.
 
     prompt_mask [B, P] marks real tokens (left padding recommended; None = all real). The chunk is appended
@@ -185,8 +194,11 @@ def generate_fn(graphdef, state, prompt_ids: jax.Array, prompt_mask: Optional[ja
     for P + max_new_tokens more slots (checked by the `generate` wrapper, not here).
     active: optional bool [B]; inactive rows (e.g. finished episodes) generate nothing (length 0) and do not
     keep the decode loop running, so they cost no decode steps once all active rows are done.
+    cache None: a fresh one of `cache_length` slots is made inside (see `prefill_fn`).
+    `state` in the model's compute dtype (`generation_split`, `compute_params`) keeps weight casts out of
+    the decode loop.
     """
-    logits, cache = prefill_fn(graphdef, state, prompt_ids, prompt_mask, cache)
+    logits, cache = prefill_fn(graphdef, state, prompt_ids, prompt_mask, cache, cache_length)
     return decode_fn(graphdef, state, logits, cache, key, config, active)
 
 
@@ -220,18 +232,20 @@ def _xla_accepts(options: Tuple[Tuple[str, str], ...]) -> bool:
 
 @functools.lru_cache(maxsize=None)
 def _phase_jits(prefill_options: Tuple[Tuple[str, str], ...]):
-    prefill = jax.jit(prefill_fn, static_argnames=("graphdef",), donate_argnames=("cache",),
+    prefill = jax.jit(prefill_fn, static_argnames=("graphdef", "cache_length"), donate_argnames=("cache",),
                       compiler_options=dict(prefill_options) or None)
     decode = jax.jit(decode_fn, static_argnames=("graphdef", "config"), donate_argnames=("cache",))
     return prefill, decode
 
 
-def generate_jit(graphdef, state, prompt_ids: jax.Array, prompt_mask: Optional[jax.Array], cache: KVCache,
-                 key: jax.Array, config: GenerationConfig, active: Optional[jax.Array] = None) -> GenerationResult:
+def generate_jit(graphdef, state, prompt_ids: jax.Array, prompt_mask: Optional[jax.Array],
+                 cache: Optional[KVCache], key: jax.Array, config: GenerationConfig,
+                 active: Optional[jax.Array] = None, cache_length: Optional[int] = None) -> GenerationResult:
     """`generate_fn` compiled for the host loop: prefill and decode are two programs (see
-    `prefill_compiler_options`), one compilation each per shape; the passed cache is donated."""
+    `prefill_compiler_options`), one compilation each per shape; the passed cache is donated. cache None:
+    the prefill program makes a fresh one of `cache_length` slots."""
     prefill, decode = _phase_jits(prefill_compiler_options())
-    logits, cache = prefill(graphdef, state, prompt_ids, prompt_mask, cache)
+    logits, cache = prefill(graphdef, state, prompt_ids, prompt_mask, cache, cache_length)
     return decode(graphdef, state, logits, cache, key, config, active)
 
 
@@ -280,6 +294,53 @@ def _check_room(cache: KVCache, chunk_len: int, config: GenerationConfig) -> Non
         )
 
 
+# ------------------------------------------------------------------------- the model's split, cached per model
+@dataclasses.dataclass
+class _Split:
+    graphdef: object
+    state: object  # in the model's compute dtype
+    variables: list  # the model's Variables, in split order
+    raws: list  # the arrays they held when split (identity is the staleness check)
+
+
+_SPLITS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+_SPLIT_COUNT = {"n": 0}
+
+
+def split_count() -> int:
+    """How many times `generation_split` has split a model in this process (for cache checks)."""
+    return _SPLIT_COUNT["n"]
+
+
+def generation_split(model) -> Tuple[object, object]:
+    """(graphdef, state) of `model` for the generation programs, cached per model object.
+
+    `nnx.split` walks the whole module graph in Python on every call (10-30 ms for a 134M model on this
+    CPU, i.e. a visible share of a short generation's time to first token); here it runs once per model and
+    again only when a parameter array was replaced (e.g. `nnx.update(model, new_state)` after an optimizer
+    step): each call compares the model's Variables' arrays with the split ones by identity (~1 us each).
+    The state is in the model's compute dtype (`cfg.dtype`): fp32 weights of a bf16 model are cast once here,
+    not inside every decode step (see `compute_params`). A structural change that keeps every old array
+    (assigning a new submodule) is not seen: call `generation_split.cache_clear()` after one.
+    """
+    entry = _SPLITS.get(model)
+    if entry is not None and len(entry.variables) and all(
+            v.get_raw_value() is r for v, r in zip(entry.variables, entry.raws)):
+        return entry.graphdef, entry.state
+    _SPLIT_COUNT["n"] += 1
+    graphdef, state = nnx.split(model)
+    variables = [v for _, v in nnx.iter_graph(model) if isinstance(v, nnx.Variable)]
+    raws = [v.get_raw_value() for v in variables]
+    cfg = getattr(model, "cfg", None)
+    if cfg is not None and needs_cast(state, cfg.dtype):
+        state = compute_params_jit(state, dtype=jnp.dtype(cfg.dtype).name)
+    _SPLITS[model] = _Split(graphdef, state, variables, raws)
+    return graphdef, state
+
+
+generation_split.cache_clear = _SPLITS.clear
+
+
 @gin.configurable(denylist=["model", "prompt_ids", "prompt_mask", "cache", "key", "active"])
 def generate(model: CausalLM, prompt_ids, prompt_mask=None, *, cache: Optional[KVCache] = None,
              key: Optional[jax.Array] = None, config: Optional[GenerationConfig] = None,
@@ -287,9 +348,10 @@ def generate(model: CausalLM, prompt_ids, prompt_mask=None, *, cache: Optional[K
     """Jitted generation for an NNX model.
 
     prompt_ids [B, P] (left-padded; see `pad_batch`), prompt_mask [B, P] (None = all real). Without `cache`
-    a fresh one of `cache_length` slots (default P + max_new_tokens) is made. The passed cache is donated:
-    use the returned `result.cache` afterwards. key: PRNG key for sampling (unused when greedy).
-    active: optional bool [B]; inactive rows generate nothing and cost no decode steps (see `generate_fn`).
+    a fresh one of `cache_length` slots (default P + max_new_tokens) is made inside the compiled prefill.
+    The passed cache is donated: use the returned `result.cache` afterwards. key: PRNG key for sampling
+    (unused when greedy). active: optional bool [B]; inactive rows generate nothing and cost no decode steps
+    (see `generate_fn`). The model's split is cached (`generation_split`), in its compute dtype.
     """
     config = config or GenerationConfig()
     prompt_ids = jnp.asarray(prompt_ids, jnp.int32)
@@ -299,21 +361,33 @@ def generate(model: CausalLM, prompt_ids, prompt_mask=None, *, cache: Optional[K
         prompt_mask = jnp.asarray(prompt_mask, bool)
         if prompt_mask.shape != prompt_ids.shape:
             raise ValueError(f"prompt_mask shape {prompt_mask.shape} != prompt_ids shape {prompt_ids.shape}")
+    new_length = None
     if cache is None:
-        cache = model.init_cache(prompt_ids.shape[0], cache_length or prompt_ids.shape[1] + config.max_new_tokens)
-    if cache.batch_size != prompt_ids.shape[0]:
-        raise ValueError(f"cache batch size {cache.batch_size} != prompt batch size {prompt_ids.shape[0]}")
-    _check_room(cache, prompt_ids.shape[1], config)
+        new_length = int(cache_length or prompt_ids.shape[1] + config.max_new_tokens)
+        need = prompt_ids.shape[1] + config.max_new_tokens
+        if need > new_length:
+            raise ValueError(f"KV cache too short: {prompt_ids.shape[1]} prompt + {config.max_new_tokens} new "
+                             f"tokens = {need} > cache_length {new_length}; pass cache_length >= {need}")
+    else:
+        if cache.batch_size != prompt_ids.shape[0]:
+            raise ValueError(f"cache batch size {cache.batch_size} != prompt batch size {prompt_ids.shape[0]}")
+        _check_room(cache, prompt_ids.shape[1], config)
     if key is None:
         if config.temperature > 0:
             raise ValueError("sampling with temperature > 0 needs a PRNG key: pass key=jax.random.key(seed)")
-        key = jax.random.key(0)
+        key = _GREEDY_KEY()
     if active is not None:
         active = jnp.asarray(active, bool)
         if active.shape != (prompt_ids.shape[0],):
             raise ValueError(f"active must be a bool [batch] = [{prompt_ids.shape[0]}] mask, got shape {active.shape}")
-    graphdef, state = nnx.split(model)
-    return generate_jit(graphdef, state, prompt_ids, prompt_mask, cache, key, config, active)
+    graphdef, state = generation_split(model)
+    return generate_jit(graphdef, state, prompt_ids, prompt_mask, cache, key, config, active,
+                        cache_length=new_length)
+
+
+@functools.lru_cache(maxsize=None)
+def _GREEDY_KEY():  # noqa: N802 - one unused key for greedy calls, made once (a key is an eager dispatch)
+    return jax.random.key(0)
 
 
 def continue_generation(model: CausalLM, chunk_ids, chunk_mask, cache: KVCache, *, key=None,

@@ -7,8 +7,9 @@ the prompt.
 """
 from __future__ import annotations
 
+import functools
 import os
-from typing import Optional, Tuple
+from typing import Callable, Optional, Tuple
 
 import gin
 import jax
@@ -16,6 +17,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from agentrl_jax.models import CausalLM, ValueHead, load_pretrained
+from agentrl_jax.models.decoder import compute_params, needs_cast
 from agentrl_jax.models.tiny import ensure_tiny_folder
 from agentrl_jax.rl import logprobs_from_hidden_fn
 
@@ -69,6 +71,24 @@ def load_policy(model_path: str, with_value_head: bool = False, dtype: Optional[
     lm, tokenizer = load_pretrained(folder, dtype=dtype, param_dtype=param_dtype, mesh=mesh, **overrides)
     head = ValueHead(lm.cfg.hidden_size, rngs=nnx.Rngs(value_seed)) if with_value_head else None
     return Policy(lm, head), tokenizer
+
+
+def rollout_params_fn(dtype, shardings=None) -> Callable:
+    """params -> the copy rollouts read: every floating leaf in the compute `dtype` (`load_policy.dtype`).
+
+    Call it once per update (the trainer does, before each rollout and evaluation) and pass the result to
+    generation: with fp32 master weights (`load_policy.param_dtype = 'float32'`) and bf16 compute, the decode
+    loop then reads bf16 weights and holds no weight casts (otherwise every step converts every weight).
+    The optimizer and the update keep the fp32 params. One jitted cast onto `shardings` (None: where XLA puts
+    it); params already in `dtype` are returned as they are, without a copy.
+    """
+    name = jnp.dtype(dtype).name
+    cast = jax.jit(functools.partial(compute_params, dtype=name), out_shardings=shardings)
+
+    def to_compute(params):
+        return cast(params) if needs_cast(params, name) else params
+
+    return to_compute
 
 
 def response_outputs(policy: Policy, ids: jax.Array, attention_mask: jax.Array, prompt_len: int,

@@ -30,7 +30,7 @@ from agentrl_jax import distributed, domains, learner, optim, partitioning, rl, 
 from agentrl_jax import generate as gen
 from agentrl_jax.chat import ChatFormat
 from agentrl_jax.logging import MetricsLogger
-from agentrl_jax.policy import load_policy
+from agentrl_jax.policy import load_policy, rollout_params_fn
 
 log = _pylogging.getLogger("agentrl_jax.train")
 ROLLOUT_MODES, PROMPT_MODES = domains.ROLLOUT_MODES, domains.PROMPT_MODES
@@ -184,6 +184,7 @@ class Trainer:
         self.rules = sharding.logical_rules()
         self.param_sh = sharding.tree_shardings(params, mesh, self.rules)
         self.params = jax.device_put(params, self.param_sh)
+        self._rollout_params = rollout_params_fn(policy.cfg.dtype, self.param_sh)
         self.accum_steps = 1
         self.train_sh = sharding.TrainShardings(
             params=self.param_sh, opt_state=None, batch=sharding.batch_sharding(mesh, self.rules),
@@ -240,7 +241,8 @@ class Trainer:
         key = jax.device_put(key, self.train_sh.replicated)
         if tasks.keys is not None:
             tasks = dataclasses.replace(tasks, keys=jax.device_put(tasks.keys, self.train_sh.replicated))
-        return domain.rollout(self.graphdef, params, tasks, key, self.config_for(domain, config), self.tokenizer,
+        return domain.rollout(self.graphdef, self._rollout_params(params), tasks, key,
+                              self.config_for(domain, config), self.tokenizer,
                               self.settings, timings=self.timings)
 
     def train_tasks(self, step: int) -> domains.Tasks:
@@ -256,7 +258,8 @@ class Trainer:
         if tasks.keys is not None:
             tasks = dataclasses.replace(tasks, keys=jax.device_put(tasks.keys, self.train_sh.replicated))
         key = jax.device_put(jax.random.PRNGKey(step), self.train_sh.replicated)
-        parts = domain.rollout_chunks(self.graphdef, params, tasks, key, self.config_for(domain, self.eval_config),
+        parts = domain.rollout_chunks(self.graphdef, self._rollout_params(params), tasks, key,
+                                      self.config_for(domain, self.eval_config),
                                       self.tokenizer, self.settings, timings=self.timings)
         return {f"eval/{k}": v for k, v in _summarise_parts(parts).items()}
 
@@ -264,6 +267,7 @@ class Trainer:
         """The training domain's held-out metrics (`eval/...`) and every evaluation domain's
         (`eval/<domain>/...`), with the seconds each took (`time/eval/<domain>_s`)."""
         t0 = time.perf_counter()
+        params = self._rollout_params(params)  # one compute-dtype copy for every domain's evaluation
         out = self.evaluate(params, step)
         out[f"time/eval/{self.domain.name}_s"] = time.perf_counter() - t0
         for name, d in self.eval_domains.items():

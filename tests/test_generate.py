@@ -1,5 +1,6 @@
 """Generation on a small random model: cache vs recompute, continuation, sampling, stops, compile counts."""
 import dataclasses
+import re
 
 import gin
 import jax
@@ -200,17 +201,18 @@ def test_one_compile_per_bucket_across_turns(model):
     cfg = GenerationConfig(max_new_tokens=4, temperature=0.0, stop_ids=(7,))
     ids, mask = pad_batch(prompts(4, lengths=(3, 11, 6)), length=16)
     before = trace_count()
-    res = generate(model, ids, mask, config=cfg, cache_length=128)
+    res = generate(model, ids, mask, config=cfg, cache_length=128)  # makes its cache inside: its own program
+    assert trace_count() - before == 1
     for turn in range(3):
         obs = prompts(5 + turn, lengths=(2 + turn, 9, 5 - turn))
         cids, cmask = pad_batch(obs, min_size=16)
         res = continue_generation(model, cids, cmask, res.cache, config=cfg)
-    assert trace_count() - before == 1
+    assert trace_count() - before == 2  # every continuation of the bucket shares one program
     # A new bucket is a new program.
     cids, cmask = pad_batch(prompts(9, lengths=(20, 3, 4)))
     assert cids.shape[1] == 32
     continue_generation(model, cids, cmask, res.cache, config=cfg)
-    assert trace_count() - before == 2
+    assert trace_count() - before == 3
 
 
 @pytest.mark.slow
@@ -307,3 +309,137 @@ def test_prefill_and_decode_are_compiled_apart_with_their_own_kernels(model):
     np.testing.assert_array_equal(split.tokens, whole.tokens)
     np.testing.assert_allclose(split.logprobs, whole.logprobs, rtol=1e-4, atol=1e-4)
     np.testing.assert_array_equal(split.cache.lengths, whole.cache.lengths)
+
+
+# ------------------------------------------------------------------------------------------- bf16 without casts
+@pytest.fixture(scope="module")
+def bf16_model():
+    """bf16 compute on fp32 (master) weights, as the trainer runs a bf16 model."""
+    cfg = ModelConfig(vocab_size=V, hidden_size=48, intermediate_size=80, num_layers=2, num_heads=4, num_kv_heads=2,
+                      qkv_bias=True, dtype="bfloat16", param_dtype="float32")
+    return random_model(cfg, seed=0, std=0.2, norm_std=0.2, bias_std=0.2)
+
+
+def _weight_converts(text: str, weight_shapes) -> list:
+    """Lines of an HLO or StableHLO program that convert a tensor of a weight's shape (batch 3 keeps every
+    activation's shape apart from the weights')."""
+    found = []
+    for line in text.splitlines():
+        if "stablehlo.convert" in line:  # `%y = stablehlo.convert %x : (tensor<48x80xf32>) -> tensor<48x80xbf16>`
+            shapes = [tuple(int(d) for d in m.split("x") if d)
+                      for m in re.findall(r"tensor<([0-9x]+)x(?:bf16|f32)>", line)]
+        elif re.search(r"\sconvert\(", line):  # `%convert.3 = bf16[48,80]{1,0} convert(...)`
+            shapes = [tuple(int(d) for d in m.split(",") if d)
+                      for m in re.findall(r"=\s*(?:bf16|f32)\[([0-9,]+)\]", line)]
+        else:
+            continue
+        if any(s in weight_shapes for s in shapes):
+            found.append(line.strip())
+    return found
+
+
+def _loop_text(hlo: str) -> str:
+    """The computations of a compiled HLO module that run inside a while loop (bodies, conditions and all they
+    call), as one text."""
+    comps, name = {}, None
+    for line in hlo.splitlines():
+        head = re.match(r"^(?:ENTRY )?%([\w.\-]+) ", line)
+        if head:
+            name = head.group(1)
+            comps[name] = []
+        elif name is not None:
+            comps[name].append(line)
+    refs = {n: set(re.findall(r"(?:body|condition|calls|to_apply)=%([\w.\-]+)", "\n".join(body)))
+            | set(re.findall(r"%([\w.\-]+)", " ".join(re.findall(r"branch_computations=\{([^}]*)\}", "\n".join(body)))))
+            for n, body in comps.items()}
+    todo = [n for body in comps.values() for n in re.findall(r"(?:body|condition)=%([\w.\-]+)", "\n".join(body))]
+    seen = set()
+    while todo:
+        n = todo.pop()
+        if n not in seen and n in comps:
+            seen.add(n)
+            todo.extend(refs[n])
+    return "\n".join(line for n in seen for line in comps[n])
+
+
+def test_bf16_decode_loop_holds_no_weight_converts(bf16_model):
+    """The split generation runs on is a bf16 copy made once: our decode program (StableHLO, what any backend
+    compiles) converts no weight anywhere, and the compiled loop converts none; on the fp32 master weights the
+    same program converts every weight in every step."""
+    graphdef, state = gen.generation_split(bf16_model)
+    assert {x.dtype for x in jax.tree.leaves(state)} == {jnp.dtype(jnp.bfloat16)}
+    assert {x.dtype for x in jax.tree.leaves(nnx.state(bf16_model))} == {jnp.dtype(jnp.float32)}  # master kept
+    weight_shapes = {tuple(x.shape) for x in jax.tree.leaves(state)}
+    cfg = GenerationConfig(max_new_tokens=4, temperature=1.0)
+    _, decode = gen._phase_jits(prefill_compiler_options())
+    logits, key = jnp.zeros((3, V), jnp.float32), jax.random.key(0)
+    cache = bf16_model.init_cache(3, 32)
+    assert cache.k[0].dtype == jnp.bfloat16
+
+    def programs(st):
+        lowered = decode.lower(graphdef, st, logits, cache, key, cfg)
+        return lowered.as_text(), lowered.compile().as_text()
+
+    stablehlo, hlo = programs(state)
+    loop = _loop_text(hlo)
+    assert "stablehlo.while" in stablehlo and "dot_general" in loop  # the loop and its matmuls were found
+    assert _weight_converts(stablehlo, weight_shapes) == []
+    assert _weight_converts(loop, weight_shapes) == []
+    # (XLA:CPU itself runs bf16 matmuls in f32: its compiled program upcasts the bf16 weights once per call,
+    # before the loop, and hoists our per-step casts there too. GPU and TPU multiply bf16 natively.)
+    _, master = nnx.split(bf16_model)
+    stablehlo, _ = programs(master)  # the control: casting inside the program is visible to this check
+    assert len(_weight_converts(stablehlo, weight_shapes)) >= len(jax.tree.leaves(state)) - 1
+    # Same rounding once as in every step: the same tokens and logprobs.
+    ids, mask = (jnp.asarray(a) for a in pad_batch(prompts(), length=16))
+    once = gen.generate_jit(graphdef, state, ids, mask, None, key, cfg, cache_length=32)
+    each = gen.generate_jit(graphdef, master, ids, mask, None, key, cfg, cache_length=32)
+    np.testing.assert_array_equal(once.tokens, each.tokens)
+    np.testing.assert_allclose(once.logprobs, each.logprobs, rtol=1e-6, atol=1e-6)
+
+
+def test_rollout_params_cast_once_and_keep_what_is_already_there(bf16_model):
+    from agentrl_jax.policy import rollout_params_fn
+    _, master = nnx.split(bf16_model)
+    to_bf16 = rollout_params_fn("bfloat16")
+    copy = to_bf16(master)
+    for a, b in zip(jax.tree.leaves(master), jax.tree.leaves(copy)):
+        assert a.dtype == jnp.float32 and b.dtype == jnp.bfloat16
+        np.testing.assert_array_equal(np.asarray(b), np.asarray(a.astype(jnp.bfloat16)))
+    assert to_bf16(copy) is copy  # already in the compute dtype: no copy
+    assert rollout_params_fn("float32")(master) is master
+    ints = {"w": jnp.ones((2,), jnp.float32), "n": jnp.arange(3)}
+    out = to_bf16(ints)
+    assert out["w"].dtype == jnp.bfloat16 and out["n"].dtype == ints["n"].dtype
+
+
+# ------------------------------------------------------------------------------ per-call host work, cached
+def test_split_is_cached_per_model_and_follows_in_place_updates():
+    cfg = ModelConfig(vocab_size=V, hidden_size=32, intermediate_size=48, num_layers=1, num_heads=2, num_kv_heads=1)
+    m, other = random_model(cfg, seed=1, std=0.3), random_model(cfg, seed=2, std=0.3)
+    ids, mask = pad_batch(prompts(6), length=16)
+    n0 = gen.split_count()
+    first = generate(m, ids, mask, config=GREEDY)
+    again = generate(m, ids, mask, config=GREEDY)
+    assert gen.split_count() == n0 + 1  # split once, reused by the second call
+    np.testing.assert_array_equal(first.tokens, again.tokens)
+    assert gen.generation_split(m)[1] is gen.generation_split(m)[1]
+    nnx.update(m, nnx.state(other))  # an optimizer step applied in place
+    updated = generate(m, ids, mask, config=GREEDY)
+    assert gen.split_count() == n0 + 2
+    np.testing.assert_array_equal(updated.tokens, generate(other, ids, mask, config=GREEDY).tokens)
+    assert not np.array_equal(updated.tokens, first.tokens)
+
+
+def test_cache_made_inside_the_prefill_equals_a_passed_one(model):
+    ids, mask = pad_batch(prompts(7), length=16)
+    cfg = GenerationConfig(max_new_tokens=5, temperature=1.0)
+    inside = generate(model, ids, mask, key=jax.random.key(1), config=cfg, cache_length=24)
+    passed = generate(model, ids, mask, key=jax.random.key(1), config=cfg, cache=model.init_cache(3, 24))
+    np.testing.assert_array_equal(inside.tokens, passed.tokens)
+    np.testing.assert_array_equal(inside.logprobs, passed.logprobs)
+    for a, b in zip(jax.tree.leaves(inside.cache), jax.tree.leaves(passed.cache)):
+        np.testing.assert_array_equal(a, b)
+    assert inside.cache.max_length == 24
+    with pytest.raises(ValueError, match="cache_length >= 21"):
+        generate(model, ids, mask, key=jax.random.key(1), config=cfg, cache_length=20)

@@ -328,6 +328,33 @@ class CausalLM(nnx.Module):
         return logits, hidden, new_cache
 
 
+def compute_params(params, dtype):
+    """`params` (any pytree of arrays, e.g. an NNX State) with every floating leaf in the compute `dtype`.
+
+    The modules cast each weight to their compute dtype where it is used (`Proj`, `RMSNorm`, `Embed`, the LM
+    head); on weights already in that dtype those casts vanish. So generation gets its weights through this
+    once per update (fp32 master weights and optimizer state stay with the update) and its compiled decode loop
+    holds no weight converts: with fp32 weights and bf16 compute every step re-read every fp32 weight and wrote
+    a bf16 copy of it. Leaves already in `dtype` (and non-floating ones) are returned as they are; jit it to
+    keep the copy on the params' devices and sharding (`compute_params_jit`).
+    """
+    dt = jnp.dtype(dtype)
+
+    def cast(x):
+        return x.astype(dt) if jnp.issubdtype(x.dtype, jnp.floating) and x.dtype != dt else x
+
+    return jax.tree.map(cast, params)
+
+
+def needs_cast(params, dtype) -> bool:
+    """Whether `compute_params(params, dtype)` would change any leaf (False: use `params` as they are)."""
+    dt = jnp.dtype(dtype)
+    return any(jnp.issubdtype(x.dtype, jnp.floating) and x.dtype != dt for x in jax.tree.leaves(params))
+
+
+compute_params_jit = jax.jit(compute_params, static_argnames=("dtype",))
+
+
 def param_names(var) -> Tuple[Optional[str], ...]:
     """Logical axis names of an NNX Param (its `out_sharding` metadata); () when unannotated."""
     return tuple(var.get_metadata().get("out_sharding") or ())
