@@ -70,8 +70,10 @@ def run_settings(run_dir: str) -> Dict[str, Any]:
 
 
 def _augmentation_of(config_text: str) -> str:
-    """The distractor setting a run was trained with, as its `augment.*` bindings ("none" without them)."""
-    lines = sorted(line.strip() for line in config_text.splitlines() if line.strip().startswith("augment"))
+    """The distractor setting a run was trained with, as its `augment.*` / `<domain>/augment.*` bindings ("none"
+    without them)."""
+    lines = sorted(line.strip() for line in config_text.splitlines()
+                   if re.match(r"(\w+/)?augment\.", line.strip()))
     return "; ".join(lines) if lines else "none"
 
 

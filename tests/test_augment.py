@@ -1,4 +1,5 @@
 """The on-device Sokoban distractor splice against the plain-text reference, key for key, on real tokenizers."""
+import dataclasses
 import os
 import re
 from pathlib import Path
@@ -371,3 +372,41 @@ def test_cross_domain_monitor_in_a_text_domain_shows_a_sokoban_state(tiny_chat):
         assert augmenter.observation(0, 0, ts) == out  # the same key, the same text
     finally:
         gin.clear_config()
+
+
+def test_sokoban_domain_augments_training_rollouts_only(tiny_chat):
+    """Through the registry, as the trainer calls it: training episodes get distractors inside the compiled
+    episode; held-out ones are plain unless augment.in_eval (device == host is checked above)."""
+    from agentrl_jax.domains import RolloutSettings, make_domain
+
+    policy, answer_len = fixed_answer_policy(tiny_chat, "<action>up</action>")
+    graphdef, params = nnx.split(policy)
+    cfg = gen.GenerationConfig(max_new_tokens=answer_len + 1, temperature=0.0, stop_ids=tiny_chat.stop_ids, pad_id=0)
+    with gin.unlock_config():
+        gin.clear_config()
+        gin.parse_config(["sokoban/augment.epsilon = 30", "sokoban/augment.p = 0.5", "Sokoban.max_steps = 2",
+                          "SokobanPrompter.max_prompt_tokens = 1024", "SokobanPrompter.prompt_style = 'minimal'",
+                          "SokobanPrompter.window = 0"])
+    try:
+        dom = make_domain("sokoban", chat=tiny_chat, seed=0, num_eval_tasks=4)
+        train, held = dom.train_tasks(0, 2).repeat(4), dom.eval_tasks(4)
+        assert dom.augments(train) and not dom.augments(held)
+        dev, stats = dom.rollout(graphdef, params, train, jax.random.PRNGKey(3), cfg, tiny_chat.tokenizer,
+                                 RolloutSettings("device"))
+        flags = np.asarray(stats.augmented)
+        assert 0 < flags.sum() < 8
+        for e in range(8):
+            text = tiny_chat.tokenizer.decode(_masked(dev, e, 0))
+            assert len(DISTRACTOR_LINE.findall(text)) == (3 if flags[e] else 0)  # k = max(1, 30 // 10)
+        dom.augmentation = dataclasses.replace(dom.augmentation, in_eval=True)
+        assert dom.augments(held)
+    finally:
+        gin.clear_config()
+
+
+def test_evaluator_records_the_scoped_augment_bindings_of_a_run():
+    from agentrl_jax.evaluate import _augmentation_of
+
+    config = "train.domain = 'sokoban'\nsokoban/augment.epsilon = 80\nsokoban/augment.p = 0.5\n# augment off\n"
+    assert _augmentation_of(config) == "sokoban/augment.epsilon = 80; sokoban/augment.p = 0.5"
+    assert _augmentation_of("train.domain = 'sokoban'\n") == "none"
