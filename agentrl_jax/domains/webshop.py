@@ -41,9 +41,16 @@ class WebShopDomain(TextDomain):
     def task_count(self, split: str) -> Optional[int]:
         """Goals in the split, from the catalog alone (no index, no tagger)."""
         from envs.webshop.data import load_catalog  # noqa: PLC0415
+        from envs.webshop.env import env_setting  # noqa: PLC0415
 
-        catalog = load_catalog(self.options.get("data_path"), self.options.get("goal_seed", 233))
+        catalog = load_catalog(env_setting("data_path", self.options), env_setting("goal_seed", self.options, 233))
         return len(catalog.split_goals(self.check_split(split)))
+
+    def augment_context(self, ts, first_ts) -> dict:
+        """Distractor view by page: ads and fake products on results pages ("search"), trivial features and ads
+        on the search, item and sub pages ("detail")."""
+        view = "search" if ts.info.get("page") == "results" else "detail"
+        return {**super().augment_context(ts, first_ts), "view": view}
 
     def prompt_fn(self, ts, history, turn: int) -> str:
         from envs.webshop import build_prompt  # noqa: PLC0415

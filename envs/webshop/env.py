@@ -64,8 +64,7 @@ class Resources:
     def __init__(self, data_path: str | None, goal_seed: int, tagger_package: str):
         t0 = time.perf_counter()
         self.catalog = wsdata.load_catalog(data_path, goal_seed)
-        with wsreward._without_optional_backends():
-            self.engine = SearchEngine([wsdata.search_text(p) for p in self.catalog.products])
+        self.engine = SearchEngine([wsdata.search_text(p) for p in self.catalog.products])
         self.index_build_s = time.perf_counter() - t0
         t1 = time.perf_counter()
         self.tagger = wsreward.TitleTagger(tagger_package)
@@ -83,12 +82,17 @@ def resources(data_path: str | None = None, goal_seed: int = 233,
     return Resources(wsdata.resolve_data_path(data_path), int(goal_seed), tagger_package)
 
 
+def clickable_text(text: str) -> str:
+    """How a clickable is named in actions: lower-cased, runs of whitespace (no-break spaces too) as one space."""
+    return " ".join(text.split()).lower()
+
+
 def parse_action(action: str) -> tuple[str, str] | None:
-    """'search[...]' / 'click[...]' -> (kind, lower-cased argument stripped of outer spaces); else None."""
+    """'search[...]' / 'click[...]' -> (kind, argument as `clickable_text`); else None."""
     m = _ACTION.fullmatch(action)
     if m is None:
         return None
-    return m.group(1).lower(), " ".join(m.group(2).split()).lower()
+    return m.group(1).lower(), clickable_text(m.group(2))
 
 
 def render(parts: Sequence[str]) -> str:
@@ -193,7 +197,7 @@ class WebShopEnv(TextEnv):
         elif target[0] == "product":
             ep.update(page="item", asin=target[1], options={})
         elif target[0] == "option":
-            ep["options"][target[1]] = arg
+            ep["options"][target[1]] = target[2]  # the value as the product lists it (the reward compares it)
         elif target[0] == "sub":
             ep.update(page="sub", sub=target[1])
         return 0.0
@@ -235,8 +239,9 @@ class WebShopEnv(TextEnv):
             out[PREV] = ("button",)
             for name, values in self._product()["options"].items():
                 for v in values:
-                    out.pop(v, None)  # a value shared by two option names belongs to the last one
-                    out[v] = ("option", name)
+                    key = clickable_text(v)
+                    out.pop(key, None)  # a value shared by two option names belongs to the last one
+                    out[key] = ("option", name, v)
             for sub in SUB_PAGES:
                 out[sub.lower()] = ("sub", sub)
             out[BUY] = ("button",)
@@ -323,19 +328,34 @@ def expert_plan(res: Resources, goal: dict, max_steps: int = MAX_STEPS) -> list[
         values = [options[k] for k in sorted(options)] if isinstance(options, dict) else list(options)
         values = [v for v in values if v]
         plan = [f"search[{query}]", *["click[next >]"] * page, f"click[{asin.lower()}]",
-                *[f"click[{v}]" for v in values], "click[buy now]"]
+                *[f"click[{clickable_text(v)}]" for v in values], "click[buy now]"]
         return plan if len(plan) <= max_steps else None
     return None
+
+
+def env_setting(name: str, options: dict | None = None, default: Any = None) -> Any:
+    """A WebShopEnv argument as an env will see it: from `options`, else its gin binding, else `default`."""
+    if options and name in options:
+        return options[name]
+    try:
+        return gin.query_parameter(f"WebShopEnv.{name}")
+    except ValueError:  # not bound
+        return default
 
 
 @gin.configurable(module="envs.webshop")
 def webshop_factory(split: str = "train", data_path: str | None = None, max_steps: int = MAX_STEPS,
                     **kwargs) -> functools.partial:
-    """A picklable `EnvPool` factory (data path resolved and checked here, in the parent)."""
+    """A picklable `EnvPool` factory; the data folder the envs will use is checked here, in the parent. An
+    explicit `data_path` is fixed in the factory; otherwise the workers' envs see the gin binding
+    `WebShopEnv.data_path` (the pool replays the parent's bindings), or the default."""
     if split not in wsdata.SPLITS:
-        raise ValueError(f"unknown WebShop split {split!r}; use one of {wsdata.SPLITS}")
-    return functools.partial(WebShopEnv, split=split, data_path=wsdata.resolve_data_path(data_path),
-                             max_steps=max_steps, **kwargs)
+        raise ValueError(f"unknown WebShop split {split!r}; use one of {wsdata.SPLITS} (gin: WebShopEnv.split)")
+    if data_path is not None:
+        kwargs["data_path"] = wsdata.resolve_data_path(data_path)
+    else:
+        wsdata.resolve_data_path(env_setting("data_path"))
+    return functools.partial(WebShopEnv, split=split, max_steps=max_steps, **kwargs)
 
 
 SYSTEM_INTRO = "You are an expert autonomous agent operating in the WebShop e-commerce environment."

@@ -17,8 +17,10 @@ rankings can differ. `benchmarks/webshop_search.py` measures the agreement with 
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
+import sys
 from typing import Sequence
 
 import numpy as np
@@ -35,9 +37,30 @@ STOP_WORDS = frozenset((
     "will", "with"))
 
 
+@contextlib.contextmanager
+def without_optional_backends(names=("torch", "jax", "tensorflow", "cupy", "mxnet")):
+    """Import libraries as if these optional backends were absent (unless already imported).
+
+    thinc (under spaCy) imports torch, and bm25s imports jax and runs a top-k on it, just to see whether they
+    are there: seconds of start-up per worker for a CPU tagger and a numpy ranker. A `None` entry in
+    sys.modules makes such an `import` raise ImportError, which both libraries treat as "not installed"; the
+    entries are removed afterwards, so later imports of the real packages work as usual.
+    """
+    blocked = [n for n in names if n not in sys.modules]
+    for n in blocked:
+        sys.modules[n] = None  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        for n in blocked:
+            if sys.modules.get(n, 0) is None:
+                del sys.modules[n]
+
+
 def _require():
     try:
-        import bm25s  # noqa: F401
+        with without_optional_backends():
+            import bm25s  # noqa: F401
         import Stemmer  # noqa: F401
     except ImportError as e:
         raise ImportError("envs.webshop's search needs `pip install bm25s PyStemmer` (or `pip install -e .[envs]`)") from e

@@ -69,6 +69,20 @@ def test_bad_data_path_and_split_name_the_fix(tmp_path):
         WebShopEnv(split="test", data_path=DATA)
 
 
+def test_factory_leaves_the_data_path_to_gin_unless_given(tmp_path):
+    import gin
+
+    assert "data_path" not in webshop_factory(split="validation").keywords
+    assert webshop_factory(split="validation", data_path=DATA).keywords["data_path"] == DATA
+    with gin.unlock_config():
+        gin.bind_parameter("envs.webshop.WebShopEnv.data_path", str(tmp_path))
+    try:
+        with pytest.raises(ValueError, match="WebShopEnv.data_path"):  # the bound folder is checked early
+            webshop_factory(split="validation")
+    finally:
+        gin.clear_config()
+
+
 def test_same_seed_same_goal(env):
     a = env.reset(7)
     assert env.reset(7).task == a.task and env.reset(507).task == a.task  # seed -> goal index seed % 500
@@ -257,6 +271,23 @@ def test_selected_options_and_purchase(env):
     assert ts.done and not ts.success and ts.reward == 0.0 and 0 < ts.info["task_score"] < 1
 
 
+def test_option_values_with_odd_spacing_are_clicked_by_their_plain_text():
+    env = WebShopEnv(split="validation", data_path=DATA)
+    raw = "b17-army\xa0green"  # as the product lists it (a no-break space)
+    seed = next(i for i, g in enumerate(env.goals) if raw in g["goal_options"].values())
+    ts = env.reset(seed)
+    plan = env.expert_actions()
+    assert "click[b17-army green]" in plan
+    for a in plan:
+        ts = env.step(a)
+        assert not ts.info["invalid_action"], a
+    assert raw in ts.info["selected_options"].values()  # the reward sees the product's own value
+    # ... and so does WebShop's quirk: the pair is read as its str(), where the no-break space is the escape
+    # "\xa0" ("color b17 army xa0green"), so the selected value, normalised to "green", does not match it
+    assert R.fuzzy_text(("color", raw)) == "color b17 army xa0green"
+    assert ts.info["score_parts"]["option_matches"] == ts.info["score_parts"]["num_options"] - 1
+
+
 BAD_ACTIONS = ["click[nothing]", "search[]", "search[   ]", "click[]", "", "   ", "buy", "click", "search",
                "click[buy now", "clickbuy now]", "click[ñandú 🛒 ☃]", "search[🛒" + "é" * 20 + "]", "\x00\n\t",
                "search[" + "x" * 10_000 + "]", "click[" + "b" * 10_000 + "]", "y" * 10_000, None, 42]
@@ -349,8 +380,19 @@ def test_domain_entry():
     with pytest.raises(ValueError, match="held-out split must not be the training split"):
         dom.check_eval_split("train")
     env = WebShopEnv(split="validation", data_path=DATA)
-    prompt = dom.prompt_fn(env.reset(0), [], 0)
+    first = env.reset(0)
+    prompt = dom.prompt_fn(first, [], 0)
     assert "WebShop e-commerce environment" in prompt and "<think>" not in prompt
+    # distractor views by page, and the shipped bank renders on both kinds of page
+    import numpy as np
+    from envs.distractors import augment_text
+
+    results = env.step(env.expert_actions()[0])
+    assert dom.augment_context(first, first)["view"] == "detail"
+    assert dom.augment_context(results, first)["view"] == "search"
+    for ts in (first, results):
+        text = augment_text("webshop", ts.observation, np.random.default_rng(0), 40, **dom.augment_context(ts, first))
+        assert text.startswith(ts.observation) and len(text) > len(ts.observation)
 
 
 # ------------------------------------------------------------------------------------------------- pool
