@@ -77,9 +77,9 @@ class MetricsLogger:
                              smoothing=0.1)
 
     # ------------------------------------------------------------------------------------------ writes
-    def scalars(self, step: int, metrics: Mapping[str, Any]) -> None:
+    def scalars(self, step: int, metrics: Mapping[str, Any], progress: bool = True) -> None:
         """Log every scalar in `metrics` (jax/numpy/python numbers; non-scalars are skipped with a debug
-        log). Advances the progress bar to `step`."""
+        log). Advances the progress bar to `step` (progress=False: metrics on another step axis, e.g. SFT's)."""
         if not self.enabled:
             return
         step = int(step)
@@ -91,14 +91,15 @@ class MetricsLogger:
                 continue
             self._writer.add_scalar(k, f, global_step=step)
             shown[k] = f
-        if self._bar is not None:
+        if self._bar is not None and progress:
             keys = self._bar_keys if self._bar_keys is not None else list(shown)[:4]
             post = {k: (f"{shown[k]:.4g}" if math.isfinite(shown[k]) else str(shown[k])) for k in keys if k in shown}
             if step > self._last_step:
                 self._bar.update(step - self._last_step)
             if post:
                 self._bar.set_postfix(post, refresh=False)
-        self._last_step = max(self._last_step, step)
+        if progress:
+            self._last_step = max(self._last_step, step)
 
     def histogram(self, step: int, name: str, values: Any) -> None:
         """Histogram of an array (flattened; non-finite values dropped)."""

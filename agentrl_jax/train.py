@@ -92,6 +92,7 @@ def _summarise_parts(parts) -> Dict[str, float]:
         "response_truncated_rate": tot["response_truncated"] / n_turns,
         "response_tokens_mean": tot["tokens"] / n_turns,
         "lost_episodes": tot["lost"],
+        "episodes": tot["episodes"],  # that count (lost ones left out): the intervals' n
     }
     if "prompt_truncated" in tot:
         out["prompt_truncated_rate"] = tot["prompt_truncated"] / n_turns
@@ -121,6 +122,29 @@ def _richness_metrics(batch, stats, tokenizer, max_states: int = 64) -> Dict[str
         texts = tokenizer.batch_decode([row[m] for row, m in zip(ids, mask[sample[:, 0], sample[:, 1]])])
         out[f"augment/state_chars_{name}"] = float(np.mean([len(t) for t in texts]))
     return out
+
+
+# TensorBoard groups for the trainer's bare metric names (names with a "/" are grouped already: eval/, env/,
+# levels/, augment/, time/, throughput/, sft/). Alphabetical groups put "episode" (success, return) before
+# "eval", "loss", "optim" and "time"; the learner's metrics (pg/kl/vf losses, clip fractions, ...) go to "loss".
+EPISODE_METRICS = frozenset({
+    "success_rate", "return", "episode_length", "invalid_action_rate", "response_truncated_rate",
+    "response_tokens_mean", "prompt_truncated_rate", "context_truncated_rate", "lost_episodes", "samples",
+    "episodes"})
+OPTIM_METRICS = frozenset({"grad_norm", "update_norm", "param_norm", "learning_rate", "skipped", "skipped_total"})
+
+
+def tb_name(key: str) -> str:
+    """The TensorBoard tag of a trainer metric (`success_rate` -> `episode/success_rate`)."""
+    if "/" in key:
+        return key
+    if key in EPISODE_METRICS:
+        return f"episode/{key}"
+    return f"optim/{key}" if key in OPTIM_METRICS else f"loss/{key}"
+
+
+def tb_metrics(metrics: Dict[str, float]) -> Dict[str, float]:
+    return {tb_name(k): v for k, v in metrics.items()}
 
 
 def _episode_text(tokenizer, batch, stats, e: int) -> str:
@@ -464,9 +488,10 @@ def train(
         abstract["ref_params"] = abstract["params"]
     restored = checkpointer.restore_latest(abstract)
     logger = MetricsLogger(os.path.join(output_dir, "tb"), total_steps=num_steps,
-                           bar_keys=["success_rate", "return", "eval/success_rate", "kl_loss"])
+                           bar_keys=["episode/success_rate", "episode/return", "eval/success_rate", "loss/kl_loss"])
     logger.gin_config(gin.operative_config_str())
     last: Dict[str, float] = {}
+    first_eval: Optional[Dict[str, float]] = None  # this process's first evaluation, for the end-of-run summary
     try:
         if restored is not None:
             start_step, state, extra = restored
@@ -481,7 +506,8 @@ def train(
                                      logger, seed, sft_data, sft_max_success, sft_check_every)
             ref_params = params if rl_config.kl_coef > 0 else None
             base = tr.evaluate_all(params, 0)
-            logger.scalars(0, base)
+            first_eval = base
+            logger.scalars(0, tb_metrics(base))
             logger.write(f"step 0: initial policy {json.dumps({k: round(v, 4) for k, v in base.items()})}")
             last.update(base)
         tr.ref_params = ref_params
@@ -497,7 +523,7 @@ def train(
             params, opt_state, metrics, batch, stats = out
             if eval_every and (step % eval_every == 0 or step == num_steps):
                 metrics.update(tr.evaluate_all(params, step))
-            logger.scalars(step, metrics)
+            logger.scalars(step, tb_metrics(metrics))
             if sample_every and step % sample_every == 0:
                 logger.text(step, "samples/episode", _episode_text(tr.tokenizer, batch, stats, 0))
                 logger.histogram(step, "returns", np.asarray(stats.episode_return))
@@ -509,11 +535,32 @@ def train(
             if preempted:
                 logger.write(f"preemption requested: saved step {step}, exiting")
                 break
+        if first_eval is not None and "eval/success_rate" in last:
+            logger.write(run_summary(first_eval, last, output_dir))
     finally:
         checkpointer.close()
         logger.close()
         tr.close()  # stop every domain's env worker processes (and their JVMs)
     return last
+
+
+def run_summary(first: Dict[str, float], last: Dict[str, float], output_dir: str) -> str:
+    """The end-of-run lines: held-out success of the first and last evaluation with 95% Wilson intervals, and
+    where the curves and checkpoints are."""
+    from agentrl_jax.protocol import wilson_interval  # noqa: PLC0415
+
+    def cell(m):
+        n = int(m.get("eval/episodes", 0))
+        rate = float(m["eval/success_rate"])
+        if not n:
+            return f"{100 * rate:.1f}%"
+        lo, hi = wilson_interval(int(round(rate * n)), n)
+        return f"{100 * rate:.1f}% [{100 * lo:.1f}, {100 * hi:.1f}] of {n} episodes"
+
+    delta = 100 * (float(last["eval/success_rate"]) - float(first["eval/success_rate"]))
+    return (f"held-out success: {cell(first)} at the first evaluation -> {cell(last)} at the last ({delta:+.1f} "
+            f"points; 95% Wilson intervals)\ncurves: tensorboard --logdir {os.path.join(output_dir, 'tb')}\n"
+            f"checkpoints: {os.path.join(output_dir, 'checkpoints')}")
 
 
 class EpisodesLost(RuntimeError):
@@ -606,7 +653,8 @@ def _sft_warmup(tr: Trainer, params, steps, levels, batch_size, max_response_tok
             params, opt_state, m = step_fn(params, opt_state, tr.shard(mb), jax.random.PRNGKey(done))
             done += 1
             if done % 10 == 0 or done == steps:
-                logger.scalars(0, {f"sft/{k}": v for k, v in m.items()})
+                # Its own step axis (the SFT step), apart from RL's; the progress bar counts RL steps only.
+                logger.scalars(done, {f"sft/{k}": v for k, v in m.items()}, progress=False)
                 logger.write(f"sft step {done}/{steps}: nll {float(m['nll']):.4f}")
             if max_success is not None and (done % check_every == 0 or done == steps):
                 success = tr.evaluate(params, 0, split="sft_validation")["eval/success_rate"]
@@ -622,11 +670,16 @@ def _sft_warmup(tr: Trainer, params, steps, levels, batch_size, max_response_tok
 
 
 # ------------------------------------------------------------------------------------------------ CLI
+# What a user's configuration causes (bad values, missing folders or files); our messages name the fix.
+USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, ImportError)
+
+
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     ap = argparse.ArgumentParser(prog="python -m agentrl_jax.train", description=__doc__.splitlines()[0])
     ap.add_argument("--gin_file", action="append", default=[], help="gin file (repeatable; later files override)")
     ap.add_argument("--gin_bindings", action="append", default=[], help="gin binding, e.g. 'train.num_steps = 5'")
     ap.add_argument("--gin_search_paths", default="", help="comma-separated folders to resolve gin includes")
+    ap.add_argument("--verbose", action="store_true", help="show the traceback of a configuration error")
     return ap.parse_args(argv)
 
 
@@ -636,6 +689,8 @@ def repo_gin_dir() -> str:
 
 def parse_gin(gin_files: Sequence[str], bindings: Sequence[str], search_paths: Sequence[str] = ()) -> None:
     """Parse gin files and bindings, failing with the file's name (before any compilation)."""
+    repo = os.path.dirname(repo_gin_dir())  # 'gin/experiments/x.gin' resolves from any working folder
+    search_paths = [*search_paths, repo]
     for path in [*search_paths, repo_gin_dir()]:
         if path and os.path.isdir(path):
             gin.add_config_file_search_path(os.path.abspath(path))
@@ -670,10 +725,11 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     parse_gin(args.gin_file, args.gin_bindings, [p for p in args.gin_search_paths.split(",") if p])
     try:
         metrics = train()
-    except ValueError as e:
-        if "Required bindings" in str(e) or "gin" in str(e).lower():
-            raise SystemExit(f"error: {e}") from None
-        raise
+    except USER_ERRORS as e:
+        # A bad value, a missing model folder or data path: one message that names the fix, no traceback.
+        if args.verbose:
+            raise
+        raise SystemExit(f"error: {e}\n(run with --verbose for the traceback)") from None
     print(json.dumps({k: round(v, 4) for k, v in metrics.items() if k.startswith(("eval/", "success"))}))
 
 
