@@ -36,6 +36,10 @@ the step time a 2x speedup over HF's best would need (the README has measured nu
     python benchmarks/generate.py --tiny --batches 1,2 --new_tokens 4 --repeats 1   # ~1 min (process start-ups)
     python benchmarks/generate.py --new_tokens 128 --json out.json   # longer decode: roughly 3x the time
     python benchmarks/generate.py --cpus 1 --batches 1,16        # on a shared machine: each side on one core
+    python benchmarks/generate.py --dtype bfloat16   # + bf16 rows (ours: bf16 copy of fp32 master weights; HF bf16)
+
+Time to first token is the warm 1-token call; 'TTFT x' is ours over that HF row's. Ours makes no per-call host
+work beyond dispatch: the model's split is cached and the KV cache is made inside the compiled prefill.
 """
 from __future__ import annotations
 
@@ -85,15 +89,17 @@ def _side_init(args) -> dict:
                 transformers=transformers.__version__)
 
 
-def _side_ours(args) -> dict:
-    """Ours in a fresh process: first (compiling) and warm calls of N tokens and of 1 token."""
+def _side_ours(args, dtype="float32") -> dict:
+    """Ours in a fresh process: first (compiling) and warm calls of N tokens and of 1 token. dtype bfloat16:
+    bf16 compute on fp32 master weights, as the trainer holds them; generation reads a bf16 copy made once
+    (`generation_split`), as a rollout reads the one made after each update."""
     import jax
     import jax.numpy as jnp
 
     from agentrl_jax.generate import GenerationConfig, generate
     from agentrl_jax.models import load_pretrained
 
-    model, _ = load_pretrained(args.folder, load_tokenizer=False)
+    model, _ = load_pretrained(args.folder, load_tokenizer=False, dtype=dtype, param_dtype="float32")
     ids = jnp.asarray(_prompt(args.vocab, args.prompt_len, args.batch))
     P, N = args.prompt_len, args.new_tokens
 
@@ -113,14 +119,14 @@ def _side_ours(args) -> dict:
                 load1=load, device=f"{jax.devices()[0].platform} x{jax.device_count()}", jax=jax.__version__)
 
 
-def _side_hf(args, cache_implementation=None) -> dict:
+def _side_hf(args, cache_implementation=None, dtype="float32") -> dict:
     """transformers' generate in a fresh process, warmed like ours: N tokens twice (the second timed), then 1
     token twice (the second timed), under inference_mode. `cache_implementation`: None (HF's default dynamic
     cache) or "static" (a cache preallocated for prompt + N tokens)."""
     import torch
     import transformers
 
-    tm = transformers.AutoModelForCausalLM.from_pretrained(args.folder, dtype=torch.float32).eval()
+    tm = transformers.AutoModelForCausalLM.from_pretrained(args.folder, dtype=getattr(torch, dtype)).eval()
     tids = torch.tensor(_prompt(args.vocab, args.prompt_len, args.batch), dtype=torch.long)
     cache = {} if cache_implementation is None else dict(cache_implementation=cache_implementation)
 
@@ -138,8 +144,8 @@ def _side_hf(args, cache_implementation=None) -> dict:
     return dict(seconds=t_n, ttft_s=t_1, load1=load, threads=torch.get_num_threads())
 
 
-def _side_hf_static(args) -> dict:
-    return _side_hf(args, cache_implementation="static")
+def _side_hf_static(args, dtype="float32") -> dict:
+    return _side_hf(args, cache_implementation="static", dtype=dtype)
 
 
 def _side_bandwidth(args) -> dict:
@@ -155,18 +161,27 @@ def _side_bandwidth(args) -> dict:
 
 
 def decode_floor_ms(params: int, batch: int, layers: int, kv_heads: int, head_dim: int, prompt_len: int,
-                    new_tokens: int, read_gb_s: float) -> float:
-    """Lower bound on one fp32 decode step: every weight and the K/V of the tokens cached so far (on average
-    over the call) read once from memory at `read_gb_s`; compute, writes and the framework cost nothing."""
+                    new_tokens: int, read_gb_s: float, itemsize: int = 4) -> float:
+    """Lower bound on one decode step: every weight and the K/V of the tokens cached so far (on average over
+    the call, `itemsize` bytes per value: 4 fp32, 2 bf16) read once from memory at `read_gb_s`; compute,
+    writes and the framework cost nothing."""
     avg_cached = prompt_len + new_tokens / 2
-    kv_bytes = 2 * layers * batch * kv_heads * head_dim * 4 * avg_cached
-    return 1e3 * (4 * params + kv_bytes) / (read_gb_s * 1e9)
+    kv_bytes = 2 * layers * batch * kv_heads * head_dim * itemsize * avg_cached
+    return 1e3 * (itemsize * params + kv_bytes) / (read_gb_s * 1e9)
 
 
 _SIDES = {"init": _side_init, "ours": _side_ours, "hf": _side_hf, "hf_static": _side_hf_static,
-          "bandwidth": _side_bandwidth}
+          "bandwidth": _side_bandwidth,
+          "ours_bf16": lambda a: _side_ours(a, "bfloat16"), "hf_bf16": lambda a: _side_hf(a, dtype="bfloat16"),
+          "hf_static_bf16": lambda a: _side_hf_static(a, "bfloat16")}
 HF_SIDES = ("hf", "hf_static")  # the peer's rows; the speedup is against the best of them each round
 TIMED_SIDES = ("ours",) + HF_SIDES  # one round: each in its own fresh process, in this order
+SUFFIX = {"float32": "", "bfloat16": "_bf16"}  # side-name suffix per dtype
+
+
+def timed_sides(args) -> tuple:
+    """The sides of one round: fp32 always (the reference), then the bf16 ones with --dtype bfloat16."""
+    return tuple(side + SUFFIX[dt] for dt in args.dtypes for side in TIMED_SIDES)
 
 
 def pin_to_cpus(n) -> list:
@@ -224,6 +239,9 @@ def _parse(argv):
                         "jobs share, --cpus 1 keeps torch's OpenMP threads from stalling on descheduled peers "
                         "(on 2 busy cores HF ran 4x slower with 2 threads than with 1, ours 1.3x faster), which would "
                         "flatter us")
+    p.add_argument("--dtype", default="float32", choices=sorted(SUFFIX),
+                   help="bfloat16: also run every side in bf16 (ours: bf16 compute on fp32 master weights, read as a "
+                        "bf16 copy made once; HF: bf16 weights), beside the fp32 rows in the same rounds")
     p.add_argument("--json", default=None, help="write results to this path")
     # Internal: one side of one measurement, run by the parent in a fresh process.
     p.add_argument("--side", choices=sorted(_SIDES), default=None, help=argparse.SUPPRESS)
@@ -231,6 +249,7 @@ def _parse(argv):
     p.add_argument("--batch", type=int, default=0, help=argparse.SUPPRESS)
     p.add_argument("--tokens_out", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    args.dtypes = ("float32",) if args.dtype == "float32" else ("float32", args.dtype)
     if args.quick and args.tiny:
         p.error("pick one of --quick and --tiny")
     if args.quick:
@@ -262,27 +281,36 @@ def _parse(argv):
 
 
 def _round(args, folder: str, tmp: str, b: int, r: int, step_ms) -> dict:
-    """One interleaved round at batch `b`: ours, then each HF side, each in its own fresh process."""
+    """One interleaved round at batch `b`: ours, then each HF side (then the same in bf16 with --dtype
+    bfloat16), each in its own fresh process."""
     N, got = args.new_tokens, {}
-    for side in TIMED_SIDES:
+    for side in timed_sides(args):
         path = os.path.join(tmp, f"{side}_{b}_{r}.npy")
         got[side] = _spawn(args, side, folder, b, path)
         got[side]["tokens"] = np.load(path)
-        if got[side]["tokens"].shape != got["ours"]["tokens"].shape:
-            raise RuntimeError(f"token shapes differ: ours {got['ours']['tokens'].shape}, {side} "
-                               f"{got[side]['tokens'].shape}")
     o = got["ours"]
-    best_hf = min(HF_SIDES, key=lambda h: got[h]["seconds"])
-    out = dict(repeat=r, ratio=got[best_hf]["seconds"] / o["seconds"], best_hf=best_hf,
-               ours_compile_s=o["compile_s"], hf_threads=got["hf"]["threads"], device=o["device"], jax=o["jax"],
-               cores={side: x["cores"] for side, x in got.items()},
-               same_tokens=min(float(np.mean(got[h]["tokens"] == o["tokens"])) for h in HF_SIDES))
+    out = dict(repeat=r, ours_compile_s=o["compile_s"], hf_threads=got["hf"]["threads"], device=o["device"],
+               jax=o["jax"], cores={side: x["cores"] for side, x in got.items()})
+    for dt in args.dtypes:
+        sfx = SUFFIX[dt]
+        ours = got["ours" + sfx]
+        hf_sides = [h + sfx for h in HF_SIDES]
+        for h in hf_sides:
+            if got[h]["tokens"].shape != ours["tokens"].shape:
+                raise RuntimeError(f"token shapes differ: ours {ours['tokens'].shape}, {h} {got[h]['tokens'].shape}")
+        best_hf = min(hf_sides, key=lambda h: got[h]["seconds"])
+        out.update({"ratio" + sfx: got[best_hf]["seconds"] / ours["seconds"], "best_hf" + sfx: best_hf,
+                    "same_tokens" + sfx: min(float(np.mean(got[h]["tokens"] == ours["tokens"])) for h in hf_sides)})
+        if sfx:
+            out["ours_compile_s" + sfx] = ours["compile_s"]
     for side, x in got.items():
         out.update({f"{side}_tok_s": b * N / x["seconds"], f"{side}_step_ms": step_ms(x),
                     f"{side}_ttft_ms": 1e3 * x["ttft_s"], f"{side}_load1": x["load1"],
                     f"{side}_started": x["started"]})
-        if side != "ours":
-            out[f"ratio_{side}"] = x["seconds"] / o["seconds"]
+        if not side.startswith("ours"):
+            ours_side = "ours" + ("_bf16" if side.endswith("_bf16") else "")
+            out[f"ratio_{side}"] = x["seconds"] / got[ours_side]["seconds"]
+            out[f"ttft_ratio_{side}"] = got[ours_side]["ttft_s"] / x["ttft_s"]
     return out
 
 
@@ -308,41 +336,52 @@ def main(argv=None):
                 runs.append(_round(args, folder, tmp, b, r, step_ms))
                 x = runs[-1]
                 print(f"  batch {b} repeat {r}: " + ", ".join(f"{side} {x[side + '_tok_s']:.1f} tok/s"
-                                                             for side in TIMED_SIDES)
-                      + f"; ours vs HF's best ({x['best_hf']}) {x['ratio']:.2f}x", flush=True)
+                                                             for side in timed_sides(args))
+                      + "; " + ", ".join(f"ours{SUFFIX[dt]} vs HF's best ({x['best_hf' + SUFFIX[dt]]}) "
+                                         f"{x['ratio' + SUFFIX[dt]]:.2f}x" for dt in args.dtypes), flush=True)
             med = lambda k: statistics.median(x[k] for x in runs)  # noqa: E731
-            row = dict(batch=b, speedup=med("ratio"), **{f"speedup_vs_{h}": med(f"ratio_{h}") for h in HF_SIDES},
-                       floor_step_ms=decode_floor_ms(info["params"], b, args.layers, args.kv_heads,
-                                                     args.hidden // args.heads, args.prompt_len, N, bw),
-                       ours_compile_s=med("ours_compile_s"), same_tokens=min(x["same_tokens"] for x in runs),
-                       loadavg=list(os.getloadavg()), repeats=args.repeats, device=runs[0]["device"],
+            row = dict(batch=b, loadavg=list(os.getloadavg()), repeats=args.repeats, device=runs[0]["device"],
                        jax=runs[0]["jax"], hf_threads=runs[0]["hf_threads"], runs=runs)
-            for side in TIMED_SIDES:
+            for dt in args.dtypes:
+                sfx = SUFFIX[dt]
+                row.update({"speedup" + sfx: med("ratio" + sfx), "ours_compile_s" + sfx: med("ours_compile_s" + sfx),
+                            "same_tokens" + sfx: min(x["same_tokens" + sfx] for x in runs),
+                            "floor_step_ms" + sfx: decode_floor_ms(
+                                info["params"], b, args.layers, args.kv_heads, args.hidden // args.heads,
+                                args.prompt_len, N, bw, itemsize=4 if dt == "float32" else 2)})
+                row.update({f"speedup_vs_{h}{sfx}": med(f"ratio_{h}{sfx}") for h in HF_SIDES})
+                row.update({f"ttft_ratio_{h}{sfx}": med(f"ttft_ratio_{h}{sfx}") for h in HF_SIDES})
+            for side in timed_sides(args):
                 row.update({f"{side}_{k}": med(f"{side}_{k}") for k in ("tok_s", "ttft_ms", "step_ms")})
             rows.append(row)
 
     print(f"jax {rows[0]['jax']} on {rows[0]['device']}, torch "
           f"{rows[0]['hf_threads']} threads; medians of {args.repeats} interleaved fresh-process round(s); "
-          f"speedup = ours vs that HF row, on ours' row vs HF's best row of each round (median over rounds); "
-          f"load = os.getloadavg() 1/5/15 min after the batch; total {time.perf_counter() - t0:.0f} s")
-    print(f"ms/step = one decode step, (full call - TTFT) / (new tokens - 1); floor = every fp32 weight and the "
-          f"cached K/V read once at this host's measured {bw:.1f} GB/s (a lower bound for any implementation once "
-          f"the weights outgrow the CPU caches, as the default model's do); "
-          f"'2x HF' = the step time a 2x speedup over HF's best decode would need")
-    hdr = f"{'batch':>5} | {'impl':<9} | {'tok/s':>9} | {'TTFT ms':>9} | {'ms/step':>8} | {'speedup':>7} | " \
-          f"{'2x HF':>6} | {'floor':>6} | {'ours compile s':>14} | {'same greedy':>11} | {'load 1/5/15m':>14}"
+          f"speedup = ours vs that HF row, on ours' row vs HF's best row of each round (median over rounds), within "
+          f"one dtype; load = os.getloadavg() 1/5/15 min after the batch; total {time.perf_counter() - t0:.0f} s")
+    print(f"ms/step = one decode step, (full call - TTFT) / (new tokens - 1); TTFT = a warm 1-token call (prefill + "
+          f"one token); 'TTFT x' = ours' TTFT / that HF row's (1.0 = equal, < 1 = ours first); floor = every "
+          f"weight and the cached K/V (4 bytes fp32, 2 bf16) read once at this host's measured {bw:.1f} GB/s (a "
+          f"lower bound for any implementation once the weights outgrow the CPU caches, as the default model's "
+          f"do); '2x HF' = the step time a 2x speedup over HF's best decode would need")
+    hdr = f"{'batch':>5} | {'impl':<14} | {'tok/s':>9} | {'TTFT ms':>9} | {'TTFT x':>6} | {'ms/step':>8} | " \
+          f"{'speedup':>7} | {'2x HF':>6} | {'floor':>6} | {'ours compile s':>14} | {'same greedy':>11} | " \
+          f"{'load 1/5/15m':>14}"
     print(hdr)
     print("-" * len(hdr))
     for r in rows:
-        for side in TIMED_SIDES:
-            ours = side == "ours"
-            speedup = r["speedup"] if ours else r[f"speedup_vs_{side}"]
-            best_hf_step = min(r[f"{h}_step_ms"] for h in HF_SIDES)
-            extra = (f"{best_hf_step / 2:>6.1f} | {r['floor_step_ms']:>6.1f} | {r['ours_compile_s']:>14.1f} | "
-                     f"{r['same_tokens']:>10.0%} | {'/'.join(f'{x:.1f}' for x in r['loadavg']):>14}") if ours else \
+        for side in timed_sides(args):
+            sfx = "_bf16" if side.endswith("_bf16") else ""
+            ours = side.startswith("ours")
+            speedup = r["speedup" + sfx] if ours else r[f"speedup_vs_{side}"]
+            ttft_x = f"{'':>6}" if ours else f"{r[f'ttft_ratio_{side}']:>5.2f}x"
+            best_hf_step = min(r[f"{h}{sfx}_step_ms"] for h in HF_SIDES)
+            extra = (f"{best_hf_step / 2:>6.1f} | {r['floor_step_ms' + sfx]:>6.1f} | "
+                     f"{r['ours_compile_s' + sfx]:>14.1f} | {r['same_tokens' + sfx]:>10.0%} | "
+                     f"{'/'.join(f'{x:.1f}' for x in r['loadavg']):>14}") if ours else \
                     f"{'':>6} | {'':>6} | {'':>14} | {'':>11} | {'':>14}"
-            print(f"{r['batch']:>5} | {side:<9} | {r[side + '_tok_s']:>9.1f} | {r[side + '_ttft_ms']:>9.1f} | "
-                  f"{r[side + '_step_ms']:>8.1f} | {speedup:>6.2f}x | {extra}")
+            print(f"{r['batch']:>5} | {side:<14} | {r[side + '_tok_s']:>9.1f} | {r[side + '_ttft_ms']:>9.1f} | "
+                  f"{ttft_x} | {r[side + '_step_ms']:>8.1f} | {speedup:>6.2f}x | {extra}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"params": info["params"], "read_gb_s": bw, "args": {k: v for k, v in vars(args).items()
