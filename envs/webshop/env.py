@@ -128,6 +128,10 @@ class WebShopEnv(TextEnv):
         self.goals = self.res.catalog.split_goals(split)
         self._ep: dict[str, Any] | None = None
 
+    def catalog_path(self) -> str:
+        """The data folder this env's catalog was read from."""
+        return self.res.catalog.data_path
+
     # ------------------------------------------------------------------ episode
     def goal_index(self, seed: int) -> int:
         return int(seed) % len(self.goals)

@@ -398,9 +398,25 @@ def test_domain_entry():
 # ------------------------------------------------------------------------------------------------- pool
 
 
-def test_pool_plays_webshop_and_recovers_from_a_killed_worker(env):
-    with EnvPool(webshop_factory(split="validation", data_path=DATA), num_workers=2, envs_per_worker=2,
-                 step_timeout_s=60, reset_timeout_s=60, start_timeout_s=120) as pool:
+@pytest.fixture
+def gin_data_path(tmp_path):
+    """`WebShopEnv.data_path` bound in gin to a copy of the data folder (links), as gin/envs/webshop.gin binds it."""
+    import gin
+
+    for name in (wsdata.PRODUCTS_FILE, wsdata.ATTRIBUTES_FILE, wsdata.HUMAN_FILE):
+        os.symlink(os.path.join(DATA, name), tmp_path / name)
+    with gin.unlock_config():
+        gin.bind_parameter("envs.webshop.WebShopEnv.data_path", str(tmp_path))
+    yield str(tmp_path)
+    gin.clear_config()
+
+
+def test_pool_plays_webshop_and_recovers_from_a_killed_worker(env, gin_data_path):
+    factory = webshop_factory(split="validation")
+    assert "data_path" not in factory.keywords  # the workers' envs take the data folder from the gin binding
+    with EnvPool(factory, num_workers=2, envs_per_worker=2, step_timeout_s=60, reset_timeout_s=60,
+                 start_timeout_s=120) as pool:
+        assert pool.call([0, 2], "catalog_path") == [gin_data_path] * 2  # the pool replayed the binding
         first = pool.reset([0, 1, 2, 3], [10, 11, 12, 13])
         assert [s.task for s in first] == [env.reset(s).task for s in (10, 11, 12, 13)]  # same goals as here
         plans = pool.call([0, 1, 2, 3], "expert_actions")
