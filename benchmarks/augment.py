@@ -229,10 +229,12 @@ def _alfworld_states(quick):
 def _webshop_states(quick):
     """Search-results and item pages of WebShop when the env is there (its bank has one view per page kind)."""
     try:
-        from agentrl_jax.domains.webshop import page_view  # noqa: PLC0415
         from envs.webshop import WebShopEnv
     except ImportError:
         return []
+
+    def page_view(ts):  # the bank's view per page, as WebShopDomain.augment_context picks it
+        return "search" if ts.info.get("page") == "results" else "detail"
 
     env = WebShopEnv(split="validation")
     out = []

@@ -3,6 +3,7 @@
     python -m envs.distractors --domain sokoban --epsilon 80 --seed 0
     python -m envs.distractors --domain alfworld --epsilon 300 --seed 0      # a vendored game (data/alfworld)
     python -m envs.distractors --domain sciworld --epsilon 60 --seed 0       # needs scienceworld + Java
+    python -m envs.distractors --domain webshop --epsilon 30 --seed 0        # a results page (data/webshop)
     python -m envs.distractors --domain alfworld --bank cross_domain --epsilon 60   # a Sokoban state on a monitor
 
 The seed picks the level / game / task and seeds the distractors.
@@ -17,7 +18,7 @@ import sys
 from envs.distractors.bank import bank_names, load_bank
 from envs.distractors.sample import check_epsilon, count_units, render, sample_distractors
 
-DOMAINS = ("sokoban", "alfworld", "sciworld")
+DOMAINS = ("sokoban", "alfworld", "sciworld", "webshop")
 _REPO_DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "data", "alfworld")
 
 
@@ -64,11 +65,32 @@ def sciworld_state(seed: int) -> tuple[str, dict]:
         return env.reset(seed).observation, {}
 
 
+def webshop_state(seed: int, view: str | None) -> tuple[str, dict]:
+    """A results page (view "search") or, with --view detail, the item page the expert opens first."""
+    try:
+        from envs.webshop import WebShopEnv
+
+        env = WebShopEnv(split="validation")
+    except (ImportError, ValueError, OSError) as e:
+        raise Unavailable(f"WebShop is not available here: {e}") from None
+    try:
+        env.reset(seed)
+        plan = env.expert_actions() or []
+        step = env.step(plan[0])  # the search: a results page
+        if view == "detail" and len(plan) > 1:
+            step = env.step(plan[1])  # the target product's item page
+        return step.observation, {"view": "search" if step.info.get("page") == "results" else "detail"}
+    finally:
+        env.close()
+
+
 def domain_state(domain: str, seed: int, args) -> tuple[str, dict]:
     if domain == "sokoban":
         return sokoban_state(seed, args.dim, args.boxes)
     if domain == "alfworld":
         return alfworld_state(seed, args.data_path, args.split)
+    if domain == "webshop":
+        return webshop_state(seed, args.view)
     return sciworld_state(seed)
 
 
@@ -106,7 +128,7 @@ def main(argv=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     aug = render(text, ds)
-    units = ", ".join(f"{k}={v}" for k, v in count_units(bank, eps).items())
+    units = ", ".join(f"{k}={v}" for k, v in count_units(bank, eps, context.get("view")).items())
     print(f"domain {args.domain} | bank {bank.name} (v{bank.version}) | epsilon {eps} | seed {args.seed} | "
           f"units: {units}")
     print(f"--- plain ({len(text)} chars, {len(text.split())} words)")

@@ -426,3 +426,20 @@ def test_sciworld_gold_path_still_wins_and_features_name_no_real_object():
                     break
             assert ts.success, (seed, ts.info)
         assert len(seen) == len(tasks), seen
+
+
+def test_cli_prints_a_plain_and_an_augmented_state(capsys):
+    from envs.distractors.__main__ import main
+
+    assert main(["--domain", "sokoban", "--epsilon", "80", "--seed", "0"]) == 0
+    out = capsys.readouterr().out
+    plain, aug = out.split("--- plain")[1].split("--- augmented")
+    assert "units: lines=8" in out and aug.count("unreachable") == 8 and plain.count("unreachable") == 0
+    assert main(["--domain", "sokoban", "--epsilon", "-1"]) == 2
+    assert "epsilon" in capsys.readouterr().err
+    pytest.importorskip("bm25s", reason="WebShop needs bm25s (pip install -e '.[envs]')")
+    assert main(["--domain", "webshop", "--epsilon", "30", "--seed", "0"]) == 0
+    out = capsys.readouterr().out
+    assert "units: ads_and_fakes=1" in out and "Page 1 (Total results" in out
+    assert main(["--domain", "webshop", "--view", "detail", "--epsilon", "30", "--seed", "0"]) == 0
+    assert "units: features=1, ads=1" in capsys.readouterr().out
