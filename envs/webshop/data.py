@@ -27,24 +27,34 @@ DEFAULT_DATA_PATH = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname
 PRODUCTS_FILE = "items_shuffle_1000.json"
 ATTRIBUTES_FILE = "items_ins_v2_1000.json"
 HUMAN_FILE = "items_human_ins.json"
+# WebShop's names for the full set ("setup.sh -d all"), read when the small set's files are not in the folder
+FULL_PRODUCTS_FILE, FULL_ATTRIBUTES_FILE = "items_shuffle.json", "items_ins_v2.json"
 NUM_VALIDATION_GOALS = 500
 SPLITS = ("validation", "train", "human")
 PRICE_STEPS = tuple(10.0 * i for i in range(1, 100))  # 10, 20, ..., 990: the price ceilings goals can ask for
 NO_PRICE_LIMIT = 1_000_000.0
-FULL_SET_HINT = ("the full 1.18M-product set comes from WebShop's `setup.sh -d all` (items_shuffle.json, "
-                 "items_ins_v2.json); point `WebShopEnv.data_path` at a folder holding those files renamed to "
-                 f"{PRODUCTS_FILE} / {ATTRIBUTES_FILE}")
+FULL_SET_HINT = (f"for the full 1.18M-product set, point it at a folder with WebShop's {FULL_PRODUCTS_FILE} and "
+                 f"{FULL_ATTRIBUTES_FILE} (what its `setup.sh -d all` downloads) and {HUMAN_FILE}")
+
+
+def data_files(path: str) -> tuple[str, str] | None:
+    """(products, attributes) file paths in `path`: the small set's names, else the full set's; None if neither."""
+    for names in ((PRODUCTS_FILE, ATTRIBUTES_FILE), (FULL_PRODUCTS_FILE, FULL_ATTRIBUTES_FILE)):
+        files = tuple(os.path.join(path, n) for n in names)
+        if all(os.path.isfile(f) for f in files):
+            return files  # type: ignore[return-value]
+    return None
 
 
 def resolve_data_path(data_path: str | None) -> str:
     """The data folder (None = the repository's `data/webshop`); a clear error naming the gin binding if absent."""
     path = os.path.abspath(os.path.expanduser(os.path.expandvars(
         data_path or os.environ.get("WEBSHOP_DATA") or DEFAULT_DATA_PATH)))
-    missing = [f for f in (PRODUCTS_FILE, ATTRIBUTES_FILE) if not os.path.isfile(os.path.join(path, f))]
-    if missing:
-        raise ValueError(f"WebShop data not found: {path!r} lacks {missing}. Bind `WebShopEnv.data_path` (gin) or "
-                         f"set $WEBSHOP_DATA to a folder with {PRODUCTS_FILE} and {ATTRIBUTES_FILE} (the vendored "
-                         f"'data/webshop' holds the 1000-product set; {FULL_SET_HINT}).")
+    if data_files(path) is None:
+        raise ValueError(f"WebShop data not found: {path!r} has neither {PRODUCTS_FILE} + {ATTRIBUTES_FILE} nor "
+                         f"{FULL_PRODUCTS_FILE} + {FULL_ATTRIBUTES_FILE}. Bind `WebShopEnv.data_path` (gin) or set "
+                         f"$WEBSHOP_DATA to such a folder (the vendored 'data/webshop' holds the 1000-product set; "
+                         f"{FULL_SET_HINT}).")
     return path
 
 
@@ -174,9 +184,10 @@ def human_goals(products: list[dict], prices: dict[str, float], human: dict, rng
 def load_catalog(data_path: str | None = None, goal_seed: int = 233) -> Catalog:
     """Read the files and build products, prices and goals (deterministic in `goal_seed`)."""
     path = resolve_data_path(data_path)
-    with open(os.path.join(path, PRODUCTS_FILE)) as f:
+    products_file, attributes_file = data_files(path)
+    with open(products_file) as f:
         raw_products = json.load(f)
-    with open(os.path.join(path, ATTRIBUTES_FILE)) as f:
+    with open(attributes_file) as f:
         attributes = json.load(f)
     human: dict[str, Any] = {}
     if os.path.isfile(os.path.join(path, HUMAN_FILE)):

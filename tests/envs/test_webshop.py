@@ -67,6 +67,10 @@ def test_bad_data_path_and_split_name_the_fix(tmp_path):
         wsdata.resolve_data_path(str(tmp_path))
     with pytest.raises(ValueError, match="WebShopEnv.split"):
         WebShopEnv(split="test", data_path=DATA)
+    # a folder with the full set's file names (setup.sh -d all) is read too
+    os.symlink(os.path.join(DATA, wsdata.PRODUCTS_FILE), tmp_path / wsdata.FULL_PRODUCTS_FILE)
+    os.symlink(os.path.join(DATA, wsdata.ATTRIBUTES_FILE), tmp_path / wsdata.FULL_ATTRIBUTES_FILE)
+    assert len(wsdata.load_catalog(str(tmp_path)).goals) == 6910
 
 
 def test_factory_leaves_the_data_path_to_gin_unless_given(tmp_path):
