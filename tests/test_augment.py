@@ -410,3 +410,34 @@ def test_evaluator_records_the_scoped_augment_bindings_of_a_run():
     config = "train.domain = 'sokoban'\nsokoban/augment.epsilon = 80\nsokoban/augment.p = 0.5\n# augment off\n"
     assert _augmentation_of(config) == "sokoban/augment.epsilon = 80; sokoban/augment.p = 0.5"
     assert _augmentation_of("train.domain = 'sokoban'\n") == "none"
+
+
+def test_webshop_pages_take_the_bank_view_of_their_kind(tiny_chat):
+    """The WebShop bank plugs in through the domain's context alone: results pages get ads and fake results,
+    item pages features and ads; the expert still buys the goal (the env only ever sees the actions)."""
+    pytest.importorskip("bm25s", reason="WebShop needs bm25s (pip install -e '.[envs]')")
+    from agentrl_jax import augment as aug
+    from agentrl_jax.domains import make_domain
+    from envs.webshop import WebShopEnv
+
+    with gin.unlock_config():
+        gin.clear_config()
+        gin.parse_config(["webshop/augment.epsilon = 30"])
+    try:
+        dom = make_domain("webshop", chat=tiny_chat, seed=0)
+        augmenter = aug.TextAugmenter(dom.augmentation, jax.random.PRNGKey(0), 1, dom.augment_context)
+        env = WebShopEnv(split="validation")
+        ts = env.reset(0)
+        views = []
+        for turn, action in enumerate(env.expert_actions()):
+            shown = augmenter.observation(0, turn, ts)
+            view = dom.augment_context(ts, ts)["view"]
+            views.append(view)
+            units = sum(D.count_units("webshop", 30, view).values())
+            assert shown.startswith(ts.observation) and shown.count(" [SEP] ") - ts.observation.count(" [SEP] ") >= units
+            ts = env.step(action)
+        assert ts.done and ts.info["task_score"] == 1.0 and ts.reward == 10.0
+        assert "search" in views and "detail" in views
+        env.close()
+    finally:
+        gin.clear_config()
