@@ -75,6 +75,7 @@ def test_two_processes_match_one_process_with_eight_devices(tmp_path):
     for p, (o, e) in zip(procs, logs):
         assert p.returncode == 0, e[-3000:]
         assert "4 local, 8 global devices" in o and "done" in o
+        assert "process_local ok" in o  # per-process rows stitch on (2,4,1), refused on (1,1,8)
 
     ref_losses, ref_params = multihost_step.run_steps()  # this process: 8 local devices, same (2,4,1) mesh
     got = np.load(out)

@@ -177,8 +177,10 @@ class Sokoban:
         push = push & live
         move = live & valid & (free1 | push)
 
+        # A push moves the box from n1 (a box) to n2 (free): flipping both cells is that move, in one
+        # elementwise pass over the board.
         idx = jnp.arange(n)
-        new_boxes = jnp.where(push, (boxes & (idx != n1)) | (idx == n2), boxes)
+        new_boxes = boxes ^ (push & ((idx == n1) | (idx == n2)))
         new_p = jnp.where(move, p + delta, p)
         box_on = (push & targets[n2]).astype(jnp.int32)
         box_off = (push & targets[n1]).astype(jnp.int32)

@@ -14,6 +14,8 @@ import numpy as np
 # index into the pre-tokenized piece tables).
 EMPTY, WALL, GOAL, BOX, BOX_ON_GOAL, PLAYER, PLAYER_ON_GOAL = range(7)
 NUM_KINDS = 7
+# `cell_kinds` relies on this layout: "on goal" is the kind plus one, empty floor is 0.
+assert (EMPTY, BOX_ON_GOAL, PLAYER_ON_GOAL) == (0, BOX + 1, PLAYER + 1)
 
 # Action ids 0..3 and their (row, column) moves.
 UP, DOWN, LEFT, RIGHT = range(4)
@@ -89,7 +91,12 @@ def to_numpy(level: Level) -> Level:
 
 def cell_kinds(level: Level, xp=None):
     """int8[..., dim, dim] of cell kinds (EMPTY..PLAYER_ON_GOAL) for `level` or any object with
-    walls/targets/boxes/player fields. `xp` is `numpy` for host use, `jax.numpy` (default) inside jit."""
+    walls/targets/boxes/player fields. `xp` is `numpy` for host use, `jax.numpy` (default) inside jit.
+
+    Precedence, for any input: the player's cell is PLAYER / PLAYER_ON_GOAL, else a wall is WALL, else a
+    box is BOX / BOX_ON_GOAL, else GOAL / EMPTY. Computed in int8 throughout (the kinds are laid out so
+    that "on goal" adds one): int32 intermediates would make XLA keep int32 boards in a rollout's loop,
+    four times the memory traffic of the int8 result."""
     if xp is None:
         import jax.numpy as xp  # noqa: PLC0415 (keeps NumPy-only users free of a jax import cost here)
     walls, targets, boxes, player = level.walls, level.targets, level.boxes, level.player
@@ -97,9 +104,10 @@ def cell_kinds(level: Level, xp=None):
     rows = xp.arange(dim).reshape(dim, 1)
     cols = xp.arange(dim).reshape(1, dim)
     is_player = (rows == player[..., 0, None, None]) & (cols == player[..., 1, None, None])
-    base = xp.where(walls, WALL, xp.where(boxes, xp.where(targets, BOX_ON_GOAL, BOX), xp.where(targets, GOAL, EMPTY)))
-    kinds = xp.where(is_player, xp.where(targets, PLAYER_ON_GOAL, PLAYER), base)
-    return kinds.astype(xp.int8)
+    goal = xp.asarray(targets).astype(xp.int8)  # 0/1
+    i8 = xp.int8
+    base = xp.where(walls, i8(WALL), xp.where(boxes, i8(BOX) + goal, i8(GOAL) * goal))
+    return xp.where(is_player, i8(PLAYER) + goal, base).astype(xp.int8)
 
 
 # Content hash: each cell's four facts (wall, goal, box, player) packed 4 bits per cell, 8 cells per uint32
