@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import weakref
 from typing import Sequence, Tuple
 
 import jax
@@ -122,6 +123,22 @@ class TokenBytes:
         return cls(flat=flat, offsets=offsets, lengths=lengths)
 
 
+_TABLES: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def token_bytes(tokenizer) -> TokenBytes:
+    """`TokenBytes.from_tokenizer`, once per tokenizer object (a prompter per thinking mode, per domain and
+    evaluator shares it); rebuilt when the tokenizer grew (tokens added since)."""
+    try:
+        size, table = _TABLES.get(tokenizer, (None, None))
+    except TypeError:  # not weak-referenceable: no cache
+        return TokenBytes.from_tokenizer(tokenizer)
+    if size != len(tokenizer):
+        table = TokenBytes.from_tokenizer(tokenizer)
+        _TABLES[tokenizer] = (len(tokenizer), table)
+    return table
+
+
 # ------------------------------------------------------------------ the byte automaton, on the host
 # A state is a tuple; `_step(state, byte)` is the whole acceptance rule, one byte at a time:
 #   ("ws", region, partial, word)  whitespace run of a region ("pre", "mid", "preword", "postword", "post");
@@ -209,11 +226,12 @@ def byte_automaton(thinking: bool, words: Sequence[str]) -> Tuple[np.ndarray, np
 
 
 def token_transitions(table: TokenBytes, nxt: np.ndarray) -> np.ndarray:
-    """int32[V, S]: the state after each token's bytes, from each state (numpy, shortest tokens drop out first)."""
+    """[V, S] (nxt's dtype): the state after each token's bytes, from each state (numpy; tokens sorted by length,
+    so the shorter ones drop out of the loop first)."""
     v, s = table.vocab, nxt.shape[0]
     order = np.argsort(-table.lengths, kind="stable")
     lens = table.lengths[order]
-    states = np.broadcast_to(np.arange(s, dtype=np.int32), (v, s)).copy()
+    states = np.broadcast_to(np.arange(s, dtype=nxt.dtype), (v, s)).copy()
     for k in range(int(lens.max(initial=0))):
         m = int(np.searchsorted(-lens, -k, side="left"))  # tokens longer than k: a prefix of `order`
         byte = table.flat[table.offsets[order[:m]] + k].astype(np.int32)
@@ -221,6 +239,34 @@ def token_transitions(table: TokenBytes, nxt: np.ndarray) -> np.ndarray:
     out = np.empty_like(states)
     out[order] = states
     return out
+
+
+def _distinct_class_strings(table: TokenBytes, nxt: np.ndarray) -> Tuple[TokenBytes, np.ndarray, np.ndarray]:
+    """Tokens as strings of byte classes (bytes the automaton cannot tell apart), with runs of a class whose
+    transition is idempotent (a run of spaces, of dashes, of plain letters inside the think block...) cut to one,
+    deduplicated: (the distinct strings as a table of class ids, each token's index into them, the automaton
+    over classes [S, K]). Equal strings
+    have equal transitions, so only the distinct ones (about half of a 150k vocabulary, far fewer bytes) are
+    run through the automaton."""
+    _, byte_class = np.unique(nxt.T, axis=0, return_inverse=True)
+    byte_class = byte_class.reshape(-1).astype(np.uint8)
+    reps = np.unique(byte_class, return_index=True)[1]
+    idem = np.asarray([np.array_equal(nxt[nxt[:, r], r], nxt[:, r]) for r in reps])
+    cls = byte_class[table.flat[: int(table.lengths.sum())]]
+    owner = np.repeat(np.arange(table.vocab), table.lengths)
+    keep = np.ones(cls.shape, bool)
+    keep[1:] = ~((cls[1:] == cls[:-1]) & idem[cls[1:]] & (owner[1:] == owner[:-1]))
+    cls, owner = cls[keep], owner[keep]
+    lengths = np.bincount(owner, minlength=table.vocab).astype(np.int32)
+    offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int32)
+    strings = [cls[o: o + n].tobytes() for o, n in zip(offsets.tolist(), lengths.tolist())]
+    index = {}
+    inverse = np.asarray([index.setdefault(k, len(index)) for k in strings], np.int32)
+    distinct = list(index)
+    d_len = np.asarray([len(k) for k in distinct], np.int32)
+    d_off = np.concatenate([[0], np.cumsum(d_len)[:-1]]).astype(np.int32)
+    flat = np.frombuffer(b"".join(distinct) or b"\0", np.uint8).copy()
+    return TokenBytes(flat=flat, offsets=d_off, lengths=d_len), inverse, nxt[:, reps]
 
 
 # ------------------------------------------------------------------ on device (unbatched; vmap for batches)
@@ -247,7 +293,7 @@ class AnswerParser:
 
     @classmethod
     def from_tokenizer(cls, tokenizer, thinking: bool, words: Sequence[str]) -> "AnswerParser":
-        return cls.from_table(TokenBytes.from_tokenizer(tokenizer), thinking, words)
+        return cls.from_table(token_bytes(tokenizer), thinking, words)
 
     @classmethod
     def from_table(cls, table: TokenBytes, thinking: bool, words: Sequence[str]) -> "AnswerParser":
@@ -258,14 +304,15 @@ class AnswerParser:
         nxt, word = byte_automaton(bool(thinking), words)
         s = nxt.shape[0]
         dtype = np.uint8 if s <= 256 else np.int32
-        # Identity (no bytes) first among the rows, then every token's transition; equal rows are one class.
-        trans = np.concatenate([np.arange(s)[None, :], token_transitions(table, nxt)]).astype(dtype)
+        short, string_of, nxt_by_class = _distinct_class_strings(table, nxt)
+        nxt_by_class = nxt_by_class.astype(dtype)
+        # Identity (no bytes) first, then each distinct string's transition; equal rows are one class.
+        trans = np.concatenate([np.arange(s, dtype=dtype)[None, :], token_transitions(short, nxt_by_class)])
         keys = np.ascontiguousarray(trans).view(np.dtype((np.void, s * trans.itemsize))).ravel()
         _, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
-        rows = trans[first]
         inverse = inverse.reshape(-1).astype(np.int32)
-        return cls(token_class=inverse[1:], identity=int(inverse[0]), transitions=rows, word=word,
-                   thinking=bool(thinking), words=words)
+        return cls(token_class=inverse[1:][string_of], identity=int(inverse[0]), transitions=trans[first],
+                   word=word, thinking=bool(thinking), words=words)
 
     def __call__(self, tokens: jax.Array, length: jax.Array, stopped: jax.Array) -> jax.Array:
         tokens = jnp.asarray(tokens, jnp.int32)

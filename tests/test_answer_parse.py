@@ -54,7 +54,7 @@ class Case:
         self.stop = self.pr[False].chat.stop_ids[0]
         self.vocab = self.pr[False].parser.token_class.shape[0]
         # The id of each single byte (byte-level BPE has one per byte), to write partial UTF-8 on purpose.
-        table = ap.TokenBytes.from_tokenizer(tok)
+        table = ap.token_bytes(tok)
         self.byte_id = {}
         for i in np.flatnonzero(table.lengths == 1)[::-1]:
             self.byte_id[table.host_bytes([i])[0]] = int(i)
@@ -146,19 +146,22 @@ def test_known_answers(case, thinking):
     """Fixed answers with the action each must give (so agreement is not agreement on -1 alone)."""
     th = "<think>The box is left of me; I push it.</think>\n" if thinking else ""
     valid = [(th + "<action>left</action>", 2), (th + "<action> Up </action>\n", 0),
+             (("<think>a<</think>" if thinking else "") + "<action>up</action>", 0),  # "<" then a tag
              ("\n " + th + " <action>\nRIGHT\t</action>  ", 3), (th + "<action>\u3000down\u00a0</action>\u2003", 1)]
     invalid = [th + "<action >up</action>", th + "<action>up</action", th + "<action>up</action></action>",
                th + "<Action>up</Action>", th + "<action>upward</action>", th + "<action>ｕｐ</action>",
                th + "<action>up\u200b</action>", th + "<action></action>", "x" + th + "<action>up</action>",
                th + "<action>up</action>.", (th or "<think></think>") + "<think><action>up</action>",
-               "<action>up</action>" + (th or "<think>a</think>"), "<think>a<action>up</action></think>"]
+               "<action>up</action>" + (th or "<think>a</think>"), "<think>a<action>up</action></think>",
+               "<think>a<action>b</think><action>up</action>", "<think>a</action></think><action>up</action>"]
     for text, want in valid + [(t, -1) for t in invalid]:
         for chunks in ([text], list(text)):  # tokenized whole, and one character at a time
             ids = _ids(case, chunks)
             assert case.both(ids, thinking) == (want, want), (text, chunks)
         assert case.both(_ids(case, [text]), thinking, stopped=False) == (-1, -1)  # cut off: malformed
     # A multi-byte space written byte by byte is a space; cut short it is a U+FFFD, which is not.
-    for seq, want in (([0xE3, 0x80, 0x80], 0), ([0xE3, 0x80], -1), ([0xC2], -1), ([0xC2, 0xA0], 0)):
+    for seq, want in (([0xE3, 0x80, 0x80], 0), ([0xE3, 0x80], -1), ([0xC2], -1), ([0xC2, 0xA0], 0),
+                      ([0xC2, 0x20], -1), ([0xE2, 0x80, 0x20], -1), ([0xE2, 0x80, 0x8B], -1)):
         for before in (True, False):
             ids = _ids(case, [th + "<action>up</action>"])
             at = 0 if before else len(ids)
@@ -193,7 +196,7 @@ def test_unicode_whitespace_table_is_pythons():
 
 
 def test_token_bytes_match_decode(case):
-    table = ap.TokenBytes.from_tokenizer(case.tok)
+    table = ap.token_bytes(case.tok)
     rng = np.random.default_rng(0)
     for _ in range(50):
         ids = rng.integers(0, table.vocab, size=12).tolist()
