@@ -381,3 +381,32 @@ def sokoban_monitor_states(n: int = 32, seed: int = 0) -> Tuple[Tuple[str, str],
     states = jax.device_get(jax.jit(jax.vmap(lambda k: env.reset(k)[0]))(
         jax.random.split(jax.random.PRNGKey(seed), n)))
     return tuple(("sokoban", sk.render_text(jax.tree.map(lambda x, i=i: x[i], states))) for i in range(n))
+
+
+def text_distractor_bound(bank, epsilon, encode: Callable[[str], Sequence[int]]) -> int:
+    """An upper estimate of the tokens the distractors can add to one text state (the largest view): every unit
+    at its longest template filled with each list's longest word (entity ids as "99"; a monitor's state at its
+    word cap, 3 tokens a word). For checking a setting against the prompt buffer before anything runs."""
+    bank = load_bank(bank)
+    eps = check_epsilon(epsilon)
+    worst = 0
+    for view in bank.views:
+        total = 0
+        for part in view.parts:
+            n = part.count.units(eps)
+            if not n:
+                continue
+            fill = {name: max(words, key=len) for name, words in part.words}
+            if part.kind == "entity":
+                fill[part.entity] = f"{fill[part.entity]} 99"
+            extra = 0
+            if part.kind == "monitor":
+                words = max(1, int(eps // part.tokens_per_word))
+                fill.update(label=max((lbl for _, lbl in part.labels), key=len), state="")
+                extra = 3 * words
+            if part.kind == "coords":
+                fill.update(r=99, c=99)
+            unit = max(len(encode(view.separator + t.format(**fill))) for t in part.templates) + extra
+            total += n * unit
+        worst = max(worst, total)
+    return worst

@@ -441,3 +441,18 @@ def test_webshop_pages_take_the_bank_view_of_their_kind(tiny_chat):
         env.close()
     finally:
         gin.clear_config()
+
+
+def test_text_distractors_that_cannot_fit_the_prompt_are_refused_before_any_env_starts(tiny_chat):
+    from agentrl_jax.domains import make_domain
+
+    with gin.unlock_config():
+        gin.clear_config()
+        gin.parse_config(["alfworld/augment.epsilon = 3000"])
+    try:
+        with pytest.raises(ValueError, match=r"lower alfworld/augment.epsilon or raise AlfWorldDomain.max_prompt_tokens"):
+            make_domain("alfworld", chat=tiny_chat, seed=0)
+        dom = make_domain("alfworld", chat=tiny_chat, seed=0, max_prompt_tokens=200_000)  # a buffer that holds it
+        assert dom.augmentation.epsilon == 3000 and not dom._pools
+    finally:
+        gin.clear_config()

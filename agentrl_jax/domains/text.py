@@ -55,6 +55,8 @@ class TextDomain(Domain):
         self._closed_stats: Dict[str, int] = {k: 0 for k in POOL_COUNTERS}
         self.augmentation = aug.domain_augmentation(self.name)
         self._monitor = self.augmentation.active and aug.uses_monitor(self.augmentation.bank)
+        if self.augmentation.active:
+            self._check_augmentation_fits()
 
     # ------------------------------------------------------------------ per domain
     def env_factory(self, split: str) -> Callable:
@@ -62,6 +64,17 @@ class TextDomain(Domain):
 
     def prompt_fn(self, ts, history, turn: int) -> str:
         raise NotImplementedError
+
+    def _check_augmentation_fits(self) -> None:
+        """Refuse, before any env starts, a distractor volume that alone would fill the prompt buffer (every
+        prompt would be cut from the left, instructions first)."""
+        a = self.augmentation
+        bound = aug.text_distractor_bound(a.bank, a.epsilon, self.chat.encode_content)
+        if bound >= self.max_prompt_tokens:
+            raise ValueError(f"{self.name} distractors can add ~{bound} tokens per state at {self.name}/augment.epsilon"
+                             f" = {a.epsilon}, more than {type(self).__name__}.max_prompt_tokens = "
+                             f"{self.max_prompt_tokens}; lower {self.name}/augment.epsilon or raise "
+                             f"{type(self).__name__}.max_prompt_tokens")
 
     def augment_context(self, ts, first_ts) -> dict:
         """The distractor bank's context for a state (`envs.distractors.CONTEXT_KEYS`), given the episode's reset
