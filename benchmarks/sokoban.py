@@ -52,11 +52,19 @@ MIN_TIMING_S = 0.05  # each timed block runs this long at least (repeated calls)
 
 # --------------------------------------------------------------------------------------- observation reads
 def checksum(x: jax.Array) -> jax.Array:
-    """int32 weighted sum of every element of a batched observation [B, ...] (wraps on overflow): a read
-    that depends on every cell, so the compiled rollout must compute the whole observation."""
-    per_env = x.shape[1:]
-    weights = (1 + jnp.arange(int(np.prod(per_env)), dtype=jnp.int32) % 251).reshape(per_env)
-    return jnp.sum(x.astype(jnp.int32) * weights, dtype=jnp.int32)
+    """int32 checksum of a batched observation [B, ...] (wraps on overflow): every cell summed over the
+    batch, then weighted by its position, i.e. sum over (env, cell) of x * (1 + cell % 251), a read that
+    depends on every element, so the compiled rollout must compute the whole observation.
+
+    Summing over the batch before weighting gives the same int32 as weighting every element first; in
+    that other order XLA's CPU backend writes an int32 copy of the whole batch and reduces it to a scalar,
+    which cost more than our whole step (10x10 at batch 4,096 on an AMD EPYC: ours 1.4x Jumanji's rate in that
+    order, 2.5x in this one; Jumanji gains too, less, as its step is most of its cost). The same function
+    reads both sides."""
+    flat = x.reshape(x.shape[0], -1)
+    weights = 1 + jnp.arange(flat.shape[1], dtype=jnp.int32) % 251
+    per_cell = jnp.sum(flat.astype(jnp.int32), axis=0, dtype=jnp.int32)
+    return jnp.sum(per_cell * weights, dtype=jnp.int32)
 
 
 def make_rollout(step, read):
