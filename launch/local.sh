@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Run an experiment on this machine's CPU. With no gin file it runs the README's main job.
-#   launch/local.sh                                      # gin/experiments/sokoban_tiny_cpu.gin
+#   launch/local.sh                                      # gin/experiments/sokoban_tiny_learn.gin
 #   launch/local.sh --gin_file=gin/experiments/alfworld_tiny_cpu.gin --gin_param='train.num_steps = 5'
 #   launch/local.sh --processes=2 --num_cpu_devices=4    # a 2-process x 4-device jax.distributed job
 #   launch/local.sh --dry_run                            # print the commands, run nothing
@@ -10,7 +10,7 @@ cd "$(dirname "$0")/.."
 # shellcheck source=launch/_common.sh
 source launch/_common.sh
 
-DEFAULT_GIN=gin/experiments/sokoban_tiny_cpu.gin
+DEFAULT_GIN=gin/experiments/sokoban_tiny_learn.gin
 INSTALL=0
 NUM_CPU_DEVICES=""
 PROCESSES=1

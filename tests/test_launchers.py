@@ -22,6 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 LAUNCH = ROOT / "launch"
 STUDY_GIN = "gin/experiments/sokoban_llama8b_study.gin"
 TINY_GIN = "gin/experiments/sokoban_tiny_cpu.gin"
+MAIN_GIN = "gin/experiments/sokoban_tiny_learn.gin"  # the README's main job, local.sh's default
 LIBTPU_INDEX = "https://storage.googleapis.com/jax-releases/libtpu_releases.html"
 
 
@@ -100,9 +101,9 @@ def test_local_dry_run_is_the_readme_main_job(gcloud_trap, tmp_path):
     assert ["export", "JAX_PLATFORMS=cpu"] in cmds
     (run,) = [c for c in cmds if "agentrl_jax.train" in c]
     # Word for word what train receives: the default gin file first, bindings intact despite spaces/quotes.
-    assert train_argv(run) == [f"--gin_file={TINY_GIN}", "--gin_bindings=train.num_steps = 2",
+    assert train_argv(run) == [f"--gin_file={MAIN_GIN}", "--gin_bindings=train.num_steps = 2",
                                "--gin_bindings=X = 'a b'"]
-    assert "python -m agentrl_jax.train --gin_file=gin/experiments/sokoban_tiny_cpu.gin" in (
+    assert f"python -m agentrl_jax.train --gin_file={MAIN_GIN}" in (
         ROOT / "README.md").read_text()
     # the output is a script a shell accepts as is
     assert subprocess.run(["bash", "-n"], input=r.stdout, text=True).returncode == 0
