@@ -18,6 +18,7 @@ from flax import nnx
 
 from agentrl_jax.models import CausalLM, ValueHead, load_pretrained
 from agentrl_jax.models.decoder import compute_params, needs_cast
+from agentrl_jax.models.lora import add_adapters, lora_config
 from agentrl_jax.models.tiny import ensure_tiny_folder
 from agentrl_jax.rl import logprobs_from_hidden_fn
 
@@ -65,10 +66,12 @@ def resolve_model_path(model_path: str) -> str:
 @gin.configurable(denylist=["model_path", "mesh"])
 def load_policy(model_path: str, with_value_head: bool = False, dtype: Optional[str] = None,
                 param_dtype: Optional[str] = None, remat: bool = False, value_seed: int = 0, mesh=None):
-    """Load (policy, tokenizer) from a folder (or "tiny"), placed on `mesh` if given."""
+    """Load (policy, tokenizer) from a folder (or "tiny"), placed on `mesh` if given; with LoRA adapters on
+    the target projections when gin sets `lora.rank` > 0 (`agentrl_jax.models.lora`)."""
     folder = resolve_model_path(model_path)
     overrides = {"remat": True} if remat else {}
     lm, tokenizer = load_pretrained(folder, dtype=dtype, param_dtype=param_dtype, mesh=mesh, **overrides)
+    add_adapters(lm, lora_config(), mesh=mesh)  # LoRA (gin lora.rank > 0): only the adapters will train
     head = ValueHead(lm.cfg.hidden_size, rngs=nnx.Rngs(value_seed)) if with_value_head else None
     return Policy(lm, head), tokenizer
 

@@ -335,6 +335,7 @@ def make_train_step(
     accum_steps: int = 1,
     donate: bool = True,
     accumulate: str = "mean",
+    frozen_shardings: Any = None,
 ) -> Callable[[Any, Any, Any, jax.Array], Tuple[Any, Any, dict]]:
     """A jitted ``step(params, opt_state, batch, key) -> (params, opt_state, metrics)``.
 
@@ -354,6 +355,9 @@ def make_train_step(
     * `metrics`: loss, grad_norm (before clipping), param_norm, skipped (0/1), skipped_total (when the
       optimizer counts), learning_rate (when the optimizer injects it), plus the aux metrics.
     * Params and optimizer state are donated (pass copies if you need the old ones).
+    * `frozen_shardings` (e.g. LoRA: `params` = the adapters): the step takes a fifth argument `frozen`, the
+      rest of the model's state placed on these shardings; the model is ``merge(graphdef, frozen + params)``,
+      and `frozen` gets no gradient, no optimizer state and is never changed (nor donated).
     """
     if accum_steps < 1:
         raise ValueError(f"make_train_step: accum_steps must be >= 1, got {accum_steps}.")
@@ -364,31 +368,31 @@ def make_train_step(
     divisor = batch_divisor(mesh, rules)
     b_sh = batch_sharding(mesh, rules, accum=accum_steps > 1)
 
-    def grad_fn(params, batch, key):
+    def grad_fn(params, batch, key, frozen=None):
         def f(p):
-            model = nnx.merge(graphdef, p)
+            model = nnx.merge(graphdef, p if frozen is None else nnx.merge_state(frozen, p))
             loss, aux = loss_fn(model, batch, key)
             return loss, dict(aux)
 
         (loss, aux), grads = jax.value_and_grad(f, has_aux=True)(params)
         return loss, aux, grads
 
-    def step(params, opt_state, batch, key):
+    def step(params, opt_state, batch, key, frozen=None):
         with partitioning.axis_rules(mesh, rules):
             if accum_steps == 1:
-                loss, aux, grads = grad_fn(params, batch, key)
+                loss, aux, grads = grad_fn(params, batch, key, frozen)
             else:
                 def body(carry, xs):
                     g_sum, l_sum, a_sum = carry
                     i, micro = xs
-                    loss, aux, g = grad_fn(params, micro, jax.random.fold_in(key, i))
+                    loss, aux, g = grad_fn(params, micro, jax.random.fold_in(key, i), frozen)
                     g_sum = jax.tree.map(lambda s, x: s + x.astype(s.dtype), g_sum, g)
                     g_sum = jax.lax.with_sharding_constraint(g_sum, shardings.params)
                     a_sum = jax.tree.map(lambda s, x: s + x, a_sum, aux)
                     return (g_sum, l_sum + loss, a_sum), None
 
                 first = jax.tree.map(lambda x: x[0], batch)
-                aux_shape = jax.eval_shape(lambda: grad_fn(params, first, key)[1])
+                aux_shape = jax.eval_shape(lambda: grad_fn(params, first, key, frozen)[1])
                 zeros_g = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.promote_types(p.dtype, jnp.float32)), params)
                 zeros_a = jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), aux_shape)
                 (g_sum, l_sum, a_sum), _ = jax.lax.scan(
@@ -432,16 +436,20 @@ def make_train_step(
             metrics["learning_rate"] = jnp.asarray(lr, jnp.float32)
         return new_params, new_opt, metrics
 
+    in_sh = (shardings.params, shardings.opt_state, b_sh, shardings.replicated)
     jitted = jax.jit(
         step,
-        in_shardings=(shardings.params, shardings.opt_state, b_sh, shardings.replicated),
+        in_shardings=in_sh if frozen_shardings is None else in_sh + (frozen_shardings,),
         out_shardings=(shardings.params, shardings.opt_state, shardings.replicated),
         donate_argnums=(0, 1) if donate else (),
     )
 
-    def train_step(params, opt_state, batch, key):
+    def train_step(params, opt_state, batch, key, *frozen):
         _check_batch(batch, divisor, accum_steps)
-        return jitted(params, opt_state, batch, key)
+        if len(frozen) != (frozen_shardings is not None):
+            raise ValueError("train step: pass the frozen state as the fifth argument exactly when the step was "
+                             "built with frozen_shardings.")
+        return jitted(params, opt_state, batch, key, *frozen)
 
     train_step.jitted = jitted  # for .lower(...) / cost analysis in benchmarks
     return train_step

@@ -30,6 +30,7 @@ from agentrl_jax import distributed, domains, learner, optim, partitioning, rl, 
 from agentrl_jax import generate as gen
 from agentrl_jax.chat import ChatFormat
 from agentrl_jax.logging import MetricsLogger
+from agentrl_jax.models import lora
 from agentrl_jax.policy import load_policy, rollout_params_fn
 
 log = _pylogging.getLogger("agentrl_jax.train")
@@ -148,7 +149,8 @@ def tb_metrics(metrics: Dict[str, float]) -> Dict[str, float]:
 
 
 def _episode_text(tokenizer, batch, stats, e: int) -> str:
-    lines = [f"success={bool(np.asarray(stats.success)[e])} return={float(np.asarray(stats.episode_return)[e]):.2f}"]
+    lines = [f"success={bool(np.asarray(stats.success)[e])} return={float(np.asarray(stats.episode_return)[e]):.2f}"
+             + (f" augmented={bool(np.asarray(stats.augmented)[e])}" if stats.augmented is not None else "")]
     if not hasattr(batch, "prompt_ids"):  # conversation mode: the whole buffer
         attn = np.asarray(batch.attn)[e] == 1
         return lines[0] + "\n" + tokenizer.decode(np.asarray(batch.ids)[e][attn])
@@ -209,6 +211,11 @@ class Trainer:
         self.param_sh = sharding.tree_shardings(params, mesh, self.rules)
         self.params = jax.device_put(params, self.param_sh)
         self._rollout_params = rollout_params_fn(policy.cfg.dtype, self.param_sh)
+        # LoRA (gin lora.rank > 0): updates, optimizer state and checkpoints cover only the trainable part
+        # (adapters, value head); the frozen base is this one copy, shared by every full state (and by the KL
+        # reference, whose base is the same arrays).
+        self.lora = lora.has_adapters(params)
+        self._frozen = lora.split_trainable(self.params)[1] if self.lora else None
         self.accum_steps = 1
         self.train_sh = sharding.TrainShardings(
             params=self.param_sh, opt_state=None, batch=sharding.batch_sharding(mesh, self.rules),
@@ -311,14 +318,32 @@ class Trainer:
         (`loss_fn` normalises by the whole minibatch's counts), which bounds activation memory for long
         prompts without changing the update; feed it through `shard(mb, accum_steps)`.
         """
-        o_sh = sharding.tree_shardings(jax.eval_shape(tx.init, params), self.mesh, self.rules)
-        opt_state = jax.jit(tx.init, out_shardings=o_sh)(params)
-        spec = dataclasses.replace(self.train_sh, opt_state=o_sh)
+        trainable, p_sh = (self.saved_params(params), self.saved_params(self.param_sh))
+        o_sh = sharding.tree_shardings(jax.eval_shape(tx.init, trainable), self.mesh, self.rules)
+        opt_state = jax.jit(tx.init, out_shardings=o_sh)(trainable)
+        spec = dataclasses.replace(self.train_sh, params=p_sh, opt_state=o_sh)
         # accumulate="sum": the losses (learner.rl_loss / sft_loss) return their micro-batch's share of the
         # whole minibatch's loss, so accumulation is exact (a memory knob only).
         step = sharding.make_train_step(loss_fn, tx, self.mesh, spec, self.graphdef, accum_steps=accum_steps,
-                                        donate=False, accumulate="sum")
-        return step, opt_state, o_sh
+                                        donate=False, accumulate="sum",
+                                        frozen_shardings=lora.split_trainable(self.param_sh)[1] if self.lora else None)
+        if not self.lora:
+            return step, opt_state, o_sh
+
+        def lora_step(params, opt_state, batch, key):  # full state in and out, as without LoRA
+            new, opt_state, metrics = step(self.saved_params(params), opt_state, batch, key, self._frozen)
+            return self.full_params(new), opt_state, metrics
+
+        return lora_step, opt_state, o_sh
+
+    def saved_params(self, params):
+        """What of a full param state is trained and checkpointed: all of it, or with LoRA the adapters (and
+        value head) only. Also maps a tree of the params' shardings."""
+        return lora.split_trainable(params)[0] if self.lora else params
+
+    def full_params(self, saved):
+        """`saved_params`' inverse: with LoRA, the trainable part joined to the frozen base."""
+        return lora.join(self._frozen, saved) if self.lora else saved
 
     def shard(self, minibatch: Dict[str, np.ndarray], accum_steps: int = 1):
         """A host minibatch placed on the mesh, batch dim over (data, fsdp); with `accum_steps` > 1 reshaped
@@ -481,7 +506,7 @@ def train(
     start_step = 0
     params = tr.params
     ref_params = None
-    abstract = {"params": sharding.abstract_with_shardings(params, tr.param_sh),
+    abstract = {"params": sharding.abstract_with_shardings(tr.saved_params(params), tr.saved_params(tr.param_sh)),
                 "opt_state": sharding.abstract_with_shardings(opt_state, o_sh),
                 "key": jax.ShapeDtypeStruct(key.shape, key.dtype)}
     if rl_config.kl_coef > 0:
@@ -495,8 +520,8 @@ def train(
     try:
         if restored is not None:
             start_step, state, extra = restored
-            params, opt_state, key = state["params"], state["opt_state"], state["key"]
-            ref_params = state.get("ref_params")
+            params, opt_state, key = tr.full_params(state["params"]), state["opt_state"], state["key"]
+            ref_params = tr.full_params(state["ref_params"]) if "ref_params" in state else None
             logger.write(f"resumed from step {start_step} ({checkpointer.directory})")
             for done_step in range(1, start_step + 1):  # the distinct-level count covers the steps before
                 tr.domain.train_tasks(done_step, tr.tasks_per_step)
@@ -512,9 +537,9 @@ def train(
             last.update(base)
         tr.ref_params = ref_params
         for step in range(start_step + 1, num_steps + 1):
-            before = {"params": params, "opt_state": opt_state, "key": key}
+            before = {"params": tr.saved_params(params), "opt_state": opt_state, "key": key}
             if ref_params is not None:
-                before["ref_params"] = ref_params
+                before["ref_params"] = tr.saved_params(ref_params)
             out = _rl_iteration(tr, rl_step, step, params, opt_state, key, rl_config)
             if out is None:  # preempted between minibatches: keep the state this step started from
                 checkpointer.maybe_save(step - 1, before, extra_json={"step": step - 1}, force=True)
@@ -528,7 +553,7 @@ def train(
                 logger.text(step, "samples/episode", _episode_text(tr.tokenizer, batch, stats, 0))
                 logger.histogram(step, "returns", np.asarray(stats.episode_return))
             last = metrics
-            state = dict(before, params=params, opt_state=opt_state)
+            state = dict(before, params=tr.saved_params(params), opt_state=opt_state)
             preempted = ckpt.preemption_requested(step)
             checkpointer.maybe_save(step, state, extra_json={"step": step}, metrics=metrics,
                                     force=preempted or step == num_steps)

@@ -67,9 +67,23 @@ class Proj(nnx.Module):
         self.bias = (
             _param(rngs, nnx.initializers.zeros, bias_shape, param_dtype, bias_names) if bias_shape else None
         )
+        # An optional low-rank adapter (`nnx.LoRA` over the flattened in/out axes), attached after loading by
+        # `agentrl_jax.models.lora.add_adapters`; its output is scaled by `lora_scale` (alpha / rank).
+        self.lora: Optional[nnx.LoRA] = nnx.data(None)  # a data slot (an adapter may be assigned later)
+        self.lora_scale = 1.0
+
+    def io_ndims(self) -> Tuple[int, int]:
+        """(number of kernel axes contracted with x, number of kernel axes kept in the output)."""
+        lhs, out = self.equation.split("->")
+        xs, ks = lhs.split(",")
+        return sum(c in xs for c in ks), sum(c in out for c in ks)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         y = jnp.einsum(self.equation, x.astype(self.dtype), self.kernel[...].astype(self.dtype))
+        if self.lora is not None:
+            n_in, n_out = self.io_ndims()
+            delta = self.lora(x.reshape(x.shape[:x.ndim - n_in] + (-1,)).astype(self.dtype))
+            y = y + (delta * jnp.asarray(self.lora_scale, delta.dtype)).reshape(y.shape).astype(y.dtype)
         if self.bias is not None:
             y = y + self.bias[...].astype(self.dtype)
         return y

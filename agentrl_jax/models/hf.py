@@ -25,6 +25,7 @@ from safetensors.numpy import save_file
 
 from agentrl_jax.models.config import ModelConfig, SUPPORTED_MODEL_TYPES, config_from_hf, config_to_hf
 from agentrl_jax.models.decoder import CausalLM, build_model
+from agentrl_jax.models.lora import has_adapters, merged
 from agentrl_jax.partitioning import DEFAULT_RULES
 
 _INDEX = "model.safetensors.index.json"
@@ -246,9 +247,13 @@ def save_pretrained(model: CausalLM, tokenizer, folder: str, *, max_shard_size="
     config.json, model.safetensors (or model-0000k-of-0000n.safetensors + model.safetensors.index.json when
     larger than max_shard_size), generation_config.json when the config has eos ids, and the tokenizer's
     files when `tokenizer` is not None. Weights are written in cfg.param_dtype. Returns the files written.
+    A model with LoRA adapters is written merged (kernel + scale * lora_a @ lora_b; `lora.merged`): a plain
+    checkpoint of the same function.
     """
     if not isinstance(model, CausalLM):
         raise ValueError(f"save_pretrained needs a CausalLM, got {type(model).__name__}")
+    if has_adapters(model):
+        model = merged(model)
     folder = os.fspath(folder)
     os.makedirs(folder, exist_ok=True)
     cfg = model.cfg
