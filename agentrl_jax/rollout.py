@@ -6,7 +6,8 @@ training sample with a freshly built prompt):
 * `sokoban_device_rollout`: the whole batch of JAX-Sokoban episodes is ONE compiled program (design
   principle 2): prompt assembly from pre-tokenized pieces, KV-cache generation, parsing the action from ids
   and the env step all run in a `lax.while_loop` over turns; no host round trip per turn. The loop exits as
-  soon as every episode is done, and finished episodes' rows are masked out of generation.
+  soon as every episode is done, and finished episodes stop costing generation: each turn the live rows are
+  gathered into the smallest of a few static batch buckets (`device_batch_buckets`) and scattered back.
 * `host_rollout`: a Python loop for text environments (an `envs.pool.EnvPool`, or the Sokoban env stepped
   from the host for comparison). Prompts are tokenized on the host, generation is the same jitted program,
   finished episodes are compacted away and the batch bucket's padding rows are inactive, so neither costs
@@ -27,6 +28,7 @@ import functools
 import time
 from typing import Any, Callable, Dict, List, Optional, Protocol, Sequence, Tuple
 
+import gin
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -130,6 +132,7 @@ def sokoban_device_rollout(graphdef, params, env: sk.Sokoban, prompter: SokobanP
         action=buf((), jnp.int32, -1),
     )
     done0 = states.done
+    buckets = device_batch_buckets(e)
 
     def cond(carry):
         t, _, _, _, done, _, _ = carry
@@ -146,9 +149,8 @@ def sokoban_device_rollout(graphdef, params, env: sk.Sokoban, prompter: SokobanP
             plain = functools.partial(prompter.device_prompt, augment=False)
             ids, mask, total = jax.vmap(plain, in_axes=(0, 0, 0, None))(state, prev_state, prev_action, t)
         mask = mask * active[:, None].astype(jnp.int32)  # finished rows generate nothing
-        cache = _policy_cache(graphdef, params, e, p + n)
-        res = gen.generate_fn(graphdef, params, ids, mask, cache, jax.random.fold_in(key, t), config,
-                              active=active)
+        res = _bucketed_generate(graphdef, params, ids, mask, active, jax.random.fold_in(key, t), config,
+                                 buckets, p + n)
         action = jax.vmap(prompter.parse_response)(res.tokens, res.lengths, res.stopped)
         bad = active & (action < 0)
         new_state, ts = jax.vmap(env.step)(state, jnp.where(action < 0, 0, action))
@@ -175,6 +177,58 @@ def sokoban_device_rollout(graphdef, params, env: sk.Sokoban, prompter: SokobanP
     stats = EpisodeStats(episode_return=ret, success=final.success, length=length, truncated=~final.success,
                          lost=jnp.zeros((e,), bool), augmented=coin)  # the JAX env has no worker to lose
     return batch, stats
+
+
+@gin.configurable(module="rollout")
+def device_batch_buckets(batch: int, enabled: bool = True, min_bucket: int = 8, max_buckets: int = 4
+                         ) -> Tuple[int, ...]:
+    """Static generation batch sizes of the on-device episode (ascending, the last = `batch`).
+
+    Each turn generates only for the live episodes, gathered into the smallest bucket that holds them, so
+    finished episodes stop costing prefill and decode compute. Buckets halve from `batch` down to
+    `min_bucket` (at most `max_buckets` of them); every bucket is one more compiled generation branch.
+    enabled False (gin `rollout.device_batch_buckets.enabled = False`): one bucket, the whole batch.
+    """
+    if min_bucket < 1 or max_buckets < 1:
+        raise ValueError("rollout.device_batch_buckets needs min_bucket >= 1 and max_buckets >= 1, got "
+                         f"{min_bucket}, {max_buckets}")
+    sizes = [int(batch)]
+    while enabled and len(sizes) < max_buckets and sizes[-1] // 2 >= min_bucket:
+        sizes.append(sizes[-1] // 2)
+    return tuple(sorted(sizes))
+
+
+def _bucketed_generate(graphdef, params, ids, mask, active, key, config: gen.GenerationConfig,
+                       buckets: Tuple[int, ...], cache_length: int) -> gen.GenerationResult:
+    """`generate_fn` over the batch [E, P], run on the live rows only: they are gathered (in order) into the
+    smallest static bucket that holds them, generated for, and scattered back; finished rows come back as
+    the unbucketed program leaves them (pad tokens, zero logprobs and lengths, not stopped). Greedy results
+    equal the unbucketed program's; sampled ones are drawn from the same distribution with other draws
+    (the sampler's random bits depend on the batch layout). The returned cache is not used (None)."""
+    e, n = ids.shape[0], config.max_new_tokens
+    if len(buckets) == 1:
+        cache = _policy_cache(graphdef, params, e, cache_length)
+        return gen.generate_fn(graphdef, params, ids, mask, cache, key, config, active=active)
+    live = jnp.sum(active.astype(jnp.int32))
+    order = jnp.argsort(~active, stable=True)  # live rows first, each group in batch order
+
+    def branch(b):
+        def run(_):
+            rows = order[:b]
+            row_active = jnp.arange(b) < live
+            cache = _policy_cache(graphdef, params, b, cache_length)
+            res = gen.generate_fn(graphdef, params, ids[rows], mask[rows], cache, key, config, active=row_active)
+            # Rows past `live` are finished episodes: their results are the inactive defaults already.
+            return (jnp.full((e, n), config.pad_id, jnp.int32).at[rows].set(res.tokens),
+                    jnp.zeros((e, n), jnp.float32).at[rows].set(res.logprobs),
+                    jnp.zeros((e,), jnp.int32).at[rows].set(res.lengths),
+                    jnp.zeros((e,), bool).at[rows].set(res.stopped), res.steps)
+        return run
+
+    index = jnp.sum(jnp.asarray(buckets[:-1], jnp.int32) < live)  # the smallest bucket >= live
+    tokens, logprobs, lengths, stopped, steps = jax.lax.switch(index, [branch(b) for b in buckets], None)
+    return gen.GenerationResult(tokens=tokens, logprobs=logprobs, lengths=lengths, stopped=stopped, cache=None,
+                                steps=steps)
 
 
 def _bcast(flag: jax.Array, like: jax.Array) -> jax.Array:
