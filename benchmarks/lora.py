@@ -45,11 +45,20 @@ def _nbytes(tree) -> int:
     return int(sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(tree) if hasattr(x, "dtype")))
 
 
-def _temp_bytes(step, *args):
+def _compiled_stats(step, *args):
+    """(XLA's temp-buffer bytes, its FLOP count) of the compiled step; None where the backend gives none."""
+    compiled = step.jitted.lower(*args).compile()
     try:
-        return int(step.jitted.lower(*args).compile().memory_analysis().temp_size_in_bytes)
+        temp = int(compiled.memory_analysis().temp_size_in_bytes)
     except Exception:  # noqa: BLE001 (not every backend reports it)
-        return None
+        temp = None
+    try:
+        cost = compiled.cost_analysis()
+        cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+        flops = float(cost["flops"])
+    except Exception:  # noqa: BLE001
+        flops = None
+    return temp, flops
 
 
 def run_side(a, rank: int):
@@ -86,7 +95,7 @@ def run_side(a, rank: int):
     ids = np.random.default_rng(0).integers(0, a.vocab, (a.batch, a.seq + 1)).astype(np.int32)
     batch = sharding.shard_batch({"ids": ids}, spec)
     key = jax.random.PRNGKey(0)
-    temp = _temp_bytes(step, params, opt_state, batch, key, *frozen)
+    temp, flops = _compiled_stats(step, params, opt_state, batch, key, *frozen)
     times = []
     for i in range(a.steps + 1):
         t0 = time.perf_counter()
@@ -98,11 +107,16 @@ def run_side(a, rank: int):
     return {"side": f"LoRA r={rank}" if rank else "full", "total_params": total // 4,
             "trainable_params": _nbytes(params) // 4, "trainable_bytes": _nbytes(params),
             "opt_state_bytes": _nbytes(opt_state), "step_temp_bytes": temp,
+            "step_gflop": None if flops is None else flops / 1e9,
             "step_ms": 1000 * statistics.median(times)}
 
 
 def _mib(b):
     return "n/a" if b is None else f"{b / 2**20:.2f}"
+
+
+def _gflop(g):
+    return "n/a" if g is None else f"{g:.1f}"
 
 
 def main(argv=None):
@@ -111,12 +125,13 @@ def main(argv=None):
     full = rows[0]
     print(f"\nmodel: hidden {a.hidden}, {a.layers} layers, vocab {a.vocab}; batch {a.batch} x seq {a.seq}; "
           f"{jax.default_backend()} ({jax.devices()[0].device_kind}); targets {a.targets}")
-    print("| side | trainable params | trainable MiB | optimizer state MiB | step temp MiB | step ms | "
-          "opt state vs full |")
-    print("|---|---|---|---|---|---|---|")
+    print("| side | trainable params | trainable MiB | optimizer state MiB | step temp MiB | step GFLOP (XLA) | "
+          "step ms | opt state vs full |")
+    print("|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['side']} | {r['trainable_params']:,} of {r['total_params']:,} | {_mib(r['trainable_bytes'])} | "
-              f"{_mib(r['opt_state_bytes'])} | {_mib(r['step_temp_bytes'])} | {r['step_ms']:.1f} | "
+              f"{_mib(r['opt_state_bytes'])} | {_mib(r['step_temp_bytes'])} | "
+              f"{_gflop(r['step_gflop'])} | {r['step_ms']:.1f} | "
               f"{r['opt_state_bytes'] / full['opt_state_bytes']:.4f} |")
     if a.json:
         with open(a.json, "w") as f:

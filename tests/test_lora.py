@@ -129,6 +129,12 @@ def test_train_step_changes_only_the_adapters(tiny_folder):
     assert lora.param_bytes(opt_state) == 2 * lora.param_bytes(trainable) + 4  # adam mu, nu + a step count
 
 
+def _key(path):
+    """A leaf's path as plain strings (a restored dict says '0' where an nnx.State says 0; no `.value`)."""
+    names = [str(getattr(k, "key", getattr(k, "idx", getattr(k, "name", k)))) for k in path]
+    return tuple(n for n in names if n not in ("value", "raw_value"))
+
+
 def _bindings(out_dir, **over):
     # As tests/test_train.py: 8 episodes a step, 8 held-out episodes at the rollout temperature (one program).
     b = {"OUTPUT_DIR": repr(str(out_dir)), "train.num_steps": 1, "train.tasks_per_step": 2, "train.group_size": 4,
@@ -140,6 +146,7 @@ def _bindings(out_dir, **over):
     return [f"{k} = {v}" for k, v in b.items()]
 
 
+@pytest.mark.slow
 def test_train_with_lora_keeps_the_base_and_checkpoints_only_adapters(tmp_path, monkeypatch):
     seen = []
     real = T._rl_iteration
@@ -181,7 +188,28 @@ def test_train_with_lora_keeps_the_base_and_checkpoints_only_adapters(tmp_path, 
     for key in ("params", "ref_params"):
         paths = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_leaves_with_path(state[key])]
         assert paths and all("lora_a" in p or "lora_b" in p for p in paths), paths[:4]
-    saved = {jax.tree_util.keystr(p): np.asarray(x) for p, x in jax.tree_util.tree_leaves_with_path(state["params"])}
+    saved = {_key(p): np.asarray(x) for p, x in jax.tree_util.tree_leaves_with_path(state["params"])}
     assert len(saved) == len(jax.tree.leaves(adapters))
     adapter_bytes = lora.param_bytes(adapters)
     assert lora.param_bytes(state["opt_state"]) < 3 * adapter_bytes < lora.param_bytes(base) / 4
+
+    # A restart resumes from that checkpoint: its abstract target is the adapters' tree (nothing left to run).
+    restored = []
+    real_restore = T.ckpt.Checkpointer.restore_latest
+
+    def restore_latest(self, abstract):
+        out = real_restore(self, abstract)
+        restored.append(out)
+        return out
+
+    monkeypatch.setattr(T.ckpt.Checkpointer, "restore_latest", restore_latest)
+    gin.clear_config()
+    T.parse_gin(TINY_FILES, _bindings(tmp_path))
+    try:
+        T.train()
+    finally:
+        gin.clear_config()
+    (step, back, _), = restored
+    assert step == 1
+    for p, x in jax.tree_util.tree_leaves_with_path(back["params"]):
+        np.testing.assert_array_equal(np.asarray(x), saved[_key(p)])
