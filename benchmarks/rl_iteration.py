@@ -2,11 +2,13 @@
 
     python benchmarks/rl_iteration.py --quick --json out.json        # CPU smoke run (minutes)
     python benchmarks/rl_iteration.py                                # batches 16, 64; 3 timed repeats
-    python benchmarks/rl_iteration.py --model_config qwen2.5-0.5b --dtype bfloat16   # on a GPU
+    python benchmarks/rl_iteration.py --model_config qwen2.5-0.5b --dtype bfloat16 --no_peer   # on a GPU
+    python benchmarks/rl_iteration.py --model smollm2-2l --sections device_vs_host   # real SmolLM2, 2 layers
 
 Three sections, all on easy Sokoban (`gin/experiments/sokoban_tiny_cpu.gin`: 6x6, one box, 6 steps, grid
 render, compact prompt, thinking off, 8 new tokens, temperature 1.0) with the tiny model unless
-`--model_config` asks for a bigger random one:
+`--model_config` asks for a bigger random one or `--model` for SmolLM2 (real weights and tokenizer; the prompt
+buffer grows to `--smollm2_prompt_tokens`):
 
 1. `device_vs_host`: the same level keys played by `sokoban_device_rollout` (the whole batch of episodes as
    ONE compiled program) and by `host_rollout` over `SokobanHostTask` (a Python loop over turns: host prompt
@@ -14,7 +16,11 @@ render, compact prompt, thinking off, 8 new tokens, temperature 1.0) with the ti
    Compilation is excluded (one warm-up run each); episodes/s, env steps/s and generated tokens/s side by side.
    `host` counts everything the trainer's host path does; `host_loop` leaves out building `SokobanHostTask`
    (`setup_s`: level reset and per-episode state split). Host `generate_s` includes prompt assembly, `env_s`
-   includes decoding and parsing. `device_speedup` = device episodes/s over the row's.
+   includes decoding and parsing. `peer_torch`: the same levels and prompts played as RAGEN and verl-agent play
+   them in one process, with the same weights in transformers: per turn `model.generate` (torch, under
+   inference_mode) on the live episodes, text decoding and parsing, a Python env step per episode.
+   `device_speedup` = device episodes/s over the row's. The device program generates each turn for the live
+   episodes only, gathered into a static batch bucket (`rollout.device_batch_buckets`).
 2. `rl_iteration`: `agentrl_jax.train._rl_iteration` (GRPO) on a `Trainer` built the way `train()` builds it,
    after one warm-up iteration: rollout / generate / env / update seconds (update includes the old-logprob
    scoring pass and is measured to completion; `update_reported_s` is the trainer's own time/update_s). Run with the device rollout (generation and env fused: env_s is not separable) and with the
@@ -55,6 +61,19 @@ def parse(argv=None):
     ap.add_argument("--model_config", default=None,
                     help=f"bigger random model: a preset ({', '.join(MODEL_PRESETS)}) or a JSON dict of "
                          "config.json overrides, e.g. '{\"hidden_size\": 256, \"num_hidden_layers\": 4}'")
+    ap.add_argument("--model", default="tiny", choices=["tiny", "smollm2", "smollm2-2l"],
+                    help="real weights: the tiny model, SmolLM2-135M-Instruct from cache/ (scripts/fetch_smollm2.py), "
+                         "or its first 2 layers (real tokenizer, embeddings and layers; fast enough for this CPU)")
+    ap.add_argument("--smollm2_path", default=os.path.join("cache", "smollm2-135m-instruct"),
+                    help="the SmolLM2 folder for --model smollm2 / smollm2-2l")
+    ap.add_argument("--smollm2_prompt_tokens", type=int, default=320,
+                    help="SokobanPrompter.max_prompt_tokens with SmolLM2 (its tokenizer and system prompt "
+                         "take more ids than the tiny one's)")
+    ap.add_argument("--no_peer", action="store_true",
+                    help="skip the peer row (transformers + torch generate per turn, as RAGEN / verl-agent)")
+    ap.add_argument("--peer_threads", type=int, default=1,
+                    help="torch threads of the peer row (0 = torch's default); 1 because on this busy 2-core box "
+                         "torch's OpenMP threads stall on descheduled peers (the README's generation note)")
     ap.add_argument("--dtype", default=None, choices=["float32", "bfloat16"],
                     help="compute dtype (load_policy.dtype); params stay float32")
     ap.add_argument("--sections", default="device_vs_host,rl_iteration,env_only",
@@ -73,6 +92,8 @@ def parse(argv=None):
         args.tasks_per_step = args.tasks_per_step or 2
         args.group_size = args.group_size or 4
     args.sections = [s.strip() for s in args.sections.split(",") if s.strip()]
+    if args.model != "tiny" and args.model_config:
+        raise SystemExit("error: --model_config builds a random model; drop it or use --model tiny")
     unknown = set(args.sections) - {"device_vs_host", "rl_iteration", "env_only"}
     if unknown:
         raise SystemExit(f"error: unknown --sections {sorted(unknown)}; use device_vs_host, rl_iteration, env_only")
@@ -170,14 +191,88 @@ def _without_cwd_on_path():
         sys.path[:] = saved
 
 
+def smollm2_folder(src: str, layers: int | None, folder: str) -> str:
+    """The SmolLM2 folder itself, or (layers) a folder whose config keeps the first `layers` layers, the other
+    files linked: both our loader and transformers then read the same truncated weights."""
+    if not os.path.exists(os.path.join(src, "model.safetensors")):
+        raise SystemExit(f"error: no SmolLM2 at {src!r}; run `python scripts/fetch_smollm2.py` or pass --smollm2_path")
+    if layers is None:
+        return os.path.abspath(src)
+    os.makedirs(folder, exist_ok=True)
+    for name in os.listdir(src):
+        if name != "config.json":
+            os.symlink(os.path.abspath(os.path.join(src, name)), os.path.join(folder, name))
+    with open(os.path.join(src, "config.json")) as f:
+        cfg = json.load(f)
+    cfg["num_hidden_layers"] = int(layers)
+    with open(os.path.join(folder, "config.json"), "w") as f:
+        json.dump(cfg, f, indent=2)
+    return folder
+
+
 def write_model_folder(overrides: dict, folder: str) -> str:
     from agentrl_jax.models.tiny import write_tiny_folder
     write_tiny_folder(folder, **overrides)
     return folder
 
 
+# ------------------------------------------------------------------------------------------- the peer
+def load_torch_model(folder: str, threads: int = 1):
+    """The same weights in transformers (fp32, CPU), as RAGEN / verl-agent hold the policy for rollouts."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    if threads > 0:
+        torch.set_num_threads(threads)
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+    return model.eval()
+
+
+def peer_rollout(model, task, config, tokenizer, max_prompt_tokens: int, seed: int):
+    """The episodes played the peers' way, in one process: per turn, left-pad the live episodes' prompts,
+    `model.generate` (transformers + torch, under inference_mode), decode the new ids to text, parse it and
+    step each env from Python (`task`: the same `SokobanHostTask` as the host row, so the same levels and
+    prompts). Returns (env steps, generated tokens)."""
+    import numpy as np
+    import torch
+
+    torch.manual_seed(seed)
+    e, n = task.num_episodes, config.max_new_tokens
+    stop = set(config.stop_ids)
+    sampling = dict(do_sample=True, temperature=config.temperature, top_p=config.top_p, top_k=config.top_k or None) \
+        if config.temperature > 0 else dict(do_sample=False, temperature=None, top_p=None, top_k=None)
+    done = np.zeros(e, bool)
+    steps = toks = 0
+    for t in range(task.max_turns):
+        active = np.flatnonzero(~done)
+        if active.size == 0:
+            break
+        rows = [task.prompt_ids(int(i))[-max_prompt_tokens:] for i in active]
+        width = max(len(r) for r in rows)
+        ids = np.full((active.size, width), config.pad_id, np.int64)
+        mask = np.zeros((active.size, width), np.int64)
+        for j, r in enumerate(rows):
+            ids[j, width - len(r):], mask[j, width - len(r):] = r, 1
+        with torch.inference_mode():
+            out = model.generate(input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask),
+                                 max_new_tokens=n, eos_token_id=list(config.stop_ids), pad_token_id=config.pad_id,
+                                 **sampling)
+        new = out[:, width:].numpy()
+        answers, stopped = [], []
+        for row in new.tolist():
+            k = next((i for i, tok in enumerate(row) if tok in stop), None)
+            stopped.append(k is not None)
+            answers.append(row[:k] if k is not None else row)
+            toks += (k + 1) if k is not None else len(row)
+        results = task.step(active.tolist(), [tokenizer.decode(a) for a in answers], stopped)
+        steps += active.size
+        for j, i in enumerate(active):
+            done[i] = results[j][1] or t + 1 >= task.max_turns
+    return steps, toks
+
+
 # ----------------------------------------------------------------------------------------- sections
-def device_vs_host(tr, batches, repeats, seed, device_kind, model):
+def device_vs_host(tr, batches, repeats, seed, device_kind, model, peer_model=None):
     """Section 1: the same level keys, on-device episode vs host-driven loop."""
     import jax
     import numpy as np
@@ -233,7 +328,25 @@ def device_vs_host(tr, batches, repeats, seed, device_kind, model):
                     loop[k] = _rate(n, loop["seconds"])
                 res["host_loop"] = loop
                 rows.append(loop)
-        for impl in ("device", "host", "host_loop"):
+        if peer_model is not None:
+            peer = lambda r: peer_rollout(peer_model, tr.domain.host_task(tasks), tr.gen_config,  # noqa: E731
+                                          tr.tokenizer, tr.max_prompt_tokens, 1000 + r)
+            t0 = time.perf_counter()
+            peer(-1)
+            warm = time.perf_counter() - t0
+            secs, steps, toks = 0.0, 0, 0
+            for r in range(repeats):
+                t0 = time.perf_counter()
+                st, tk = peer(r)
+                secs += time.perf_counter() - t0
+                steps, toks = steps + st, toks + tk
+            res["peer_torch"] = dict(section="device_vs_host", impl="peer_torch", batch=e, repeats=repeats,
+                                     episodes_per_s=_rate(e * repeats, secs), env_steps_per_s=_rate(steps, secs),
+                                     generated_tokens_per_s=_rate(toks, secs), seconds=secs / repeats,
+                                     env_steps=steps / repeats, generated_tokens=toks / repeats, warmup_s=warm,
+                                     generate_s=None, env_s=None, device="cpu:torch", model=model)
+            rows.append(res["peer_torch"])
+        for impl in res:
             res[impl]["device_speedup"] = res["device"]["episodes_per_s"] / res[impl]["episodes_per_s"]
     return rows
 
@@ -360,16 +473,27 @@ def main(argv=None):
     tmp = tempfile.mkdtemp(prefix="bench_rl_iteration-")
     try:
         model_path = write_model_folder(overrides, os.path.join(tmp, "model")) if overrides else None
+        if args.model != "tiny":
+            model_path = smollm2_folder(args.smollm2_path, 2 if args.model == "smollm2-2l" else None,
+                                        os.path.join(tmp, "smollm2"))
+            args.gin_bindings = [f"SokobanPrompter.max_prompt_tokens = {args.smollm2_prompt_tokens}"] + list(
+                args.gin_bindings)
         tr, rl_step, opt_state, cfg = build_trainer(args, os.path.join(tmp, "run"), model_path)
         n_params = sum(int(x.size) for x in jax.tree.leaves(tr.params))
-        model = f"{args.model_config or 'tiny'} ({n_params / 1e6:.2f}M params)"
+        model = f"{args.model_config or args.model} ({n_params / 1e6:.2f}M params)"
+        peer_model = None
+        if "device_vs_host" in args.sections and not args.no_peer:
+            from agentrl_jax.policy import resolve_model_path
+            if args.dtype not in (None, "float32"):
+                raise SystemExit("error: the peer row runs fp32; add --no_peer with --dtype bfloat16")
+            peer_model = load_torch_model(resolve_model_path(model_path or "tiny"), args.peer_threads)
         header = (f"rl_iteration benchmark | device: {device_kind} | model: {model} | "
                   f"Sokoban {tr.domain.env.dim}x{tr.domain.env.dim} max_steps={tr.domain.env.max_steps} | "
                   f"max_new_tokens={tr.gen_config.max_new_tokens} temperature={tr.gen_config.temperature} | "
                   f"prompt buffer {tr.max_prompt_tokens} | {cfg.algorithm} {tr.tasks_per_step}x{tr.group_size}")
         rows = []
         if "device_vs_host" in args.sections:
-            rows += device_vs_host(tr, args.batches, args.repeats, args.seed, device_kind, model)
+            rows += device_vs_host(tr, args.batches, args.repeats, args.seed, device_kind, model, peer_model)
         if "rl_iteration" in args.sections:
             rows += rl_iterations(tr, rl_step, opt_state, cfg, args.iterations, args.seed, device_kind, model)
         if "env_only" in args.sections:

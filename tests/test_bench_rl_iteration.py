@@ -26,7 +26,7 @@ def test_quick_run_writes_rows(tmp_path):
     rows = json.loads(out.read_text())
     by = {(r["section"], r["impl"]): r for r in rows}
     assert set(by) == {("device_vs_host", "device"), ("device_vs_host", "host"), ("device_vs_host", "host_loop"),
-                       ("rl_iteration", "device"), ("rl_iteration", "host"), ("env_only", "jax_env")}
+                       ("device_vs_host", "peer_torch"), ("rl_iteration", "device"), ("rl_iteration", "host"), ("env_only", "jax_env")}
     for r in rows:
         for field in ("section", "impl", "batch", "episodes_per_s", "env_steps_per_s", "generated_tokens_per_s",
                       "seconds", "device"):
@@ -43,6 +43,10 @@ def test_quick_run_writes_rows(tmp_path):
         assert it["update_s"] > 0 and it["rollout_s"] > 0 and it["samples"] == it["env_steps"]
         assert it["seconds"] >= it["rollout_s"] + it["update_reported_s"] - 1e-6
         assert abs(it["seconds"] - it["rollout_s"] - it["update_s"]) < 1e-6
+    # The peer row (transformers + torch generate per turn) plays the same levels with the same weights.
+    peer = by[("device_vs_host", "peer_torch")]
+    assert 8 <= peer["env_steps"] <= 8 * 6 and peer["env_steps"] <= peer["generated_tokens"] <= 8 * peer["env_steps"]
+    assert peer["device_speedup"] > 0 and peer["device"] == "cpu:torch"
     assert by[("rl_iteration", "host")]["env_s"] > 0 and by[("rl_iteration", "device")]["env_s"] is None
     assert 0 < by[("device_vs_host", "host")]["setup_s"] < by[("device_vs_host", "host")]["seconds"]
     assert "[device_vs_host]" in proc.stdout and "[rl_iteration]" in proc.stdout
