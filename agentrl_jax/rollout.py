@@ -299,9 +299,9 @@ def host_rollout(graphdef, params, task: HostTask, config: gen.GenerationConfig,
             ids[j, p - len(kept):], mask[j, p - len(kept):] = kept, 1
             out["prompt_truncated"][active[j], t] = len(r) > p
         row_active = jnp.arange(bsz) < active.size  # the bucket's padding rows must not keep the loop going
-        res = gen.generate_jit(graphdef, params, jnp.asarray(ids), jnp.asarray(mask),
-                               _policy_cache(graphdef, params, bsz, p + n), jax.random.fold_in(key, t), config,
-                               row_active)
+        # cache None: the prefill program makes it (no eager cache and no model merge per turn).
+        res = gen.generate_jit(graphdef, params, jnp.asarray(ids), jnp.asarray(mask), None,
+                               jax.random.fold_in(key, t), config, row_active, cache_length=p + n)
         tokens, lps = np.asarray(res.tokens), np.asarray(res.logprobs)
         lengths, stopped = np.asarray(res.lengths), np.asarray(res.stopped)
         t1 = time.perf_counter()
