@@ -35,9 +35,11 @@ def _rollout(policy, env, pr, cfg, keys, bindings):
     with gin.unlock_config():
         gin.clear_config()
         gin.parse_config(bindings)
-    try:  # a fresh jit per setting: the buckets are read from gin when the program is traced
-        run = jax.jit(sokoban_device_rollout, static_argnums=(0, 2, 3, 4))
-        return jax.device_get(run(graphdef, params, env, pr, cfg, keys, jax.random.PRNGKey(0)))
+    try:  # a fresh function per setting (jit caches traces per function): buckets are read at trace time
+        run = jax.jit(lambda *a: sokoban_device_rollout(*a), static_argnums=(0, 2, 3, 4))
+        args = (graphdef, params, env, pr, cfg, keys, jax.random.PRNGKey(0))
+        branches = run.lower(*args).as_text().count("stablehlo.case")
+        return jax.device_get(run(*args)), branches
     finally:
         gin.clear_config()
 
@@ -51,8 +53,10 @@ def test_bucketed_device_rollout_equals_unbucketed():
                          max_prompt_tokens=128)
     cfg = gen.GenerationConfig(max_new_tokens=answer_len + 2, temperature=0.0, stop_ids=chat.stop_ids, pad_id=0)
     keys = jax.random.split(jax.random.PRNGKey(0), 512)[np.asarray(LEVELS)]
-    flat, flat_stats = _rollout(policy, env, pr, cfg, keys, ["rollout.device_batch_buckets.enabled = False"])
-    buck, buck_stats = _rollout(policy, env, pr, cfg, keys, ["rollout.device_batch_buckets.min_bucket = 2"])
+    off, two = ["rollout.device_batch_buckets.enabled = False"], ["rollout.device_batch_buckets.min_bucket = 2"]
+    (flat, flat_stats), flat_cases = _rollout(policy, env, pr, cfg, keys, off)
+    (buck, buck_stats), buck_cases = _rollout(policy, env, pr, cfg, keys, two)
+    assert buck_cases == flat_cases + 1  # the bucketed program holds the bucket switch, the other does not
     # Not vacuous: episodes end at different turns, so the later turns ran in the bucket of 2.
     np.testing.assert_array_equal(np.asarray(flat.valid).sum(0), [8, 5, 2, 2])
     for field in flat.__dataclass_fields__:
