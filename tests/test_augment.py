@@ -191,8 +191,9 @@ def up_rollouts(tiny_chat):
     policy, answer_len = fixed_answer_policy(tiny_chat, "<action>up</action>")
     graphdef, params = nnx.split(policy)
     env = sk.Sokoban(dim=6, num_boxes=1, max_steps=3)
-    pr = SokobanPrompter(tiny_chat, dim=6, max_steps=3, window=1, max_prompt_tokens=2048, augment_bank="sokoban",
-                         augment_epsilon=80.0, augment_p=0.5)
+    # The bare grid prompt keeps the buffer small (the distractor lines are the same in every prompt style).
+    pr = SokobanPrompter(tiny_chat, dim=6, max_steps=3, render_style="grid", prompt_style="minimal", window=0,
+                         max_prompt_tokens=448, augment_bank="sokoban", augment_epsilon=80.0, augment_p=0.5)
     levels = jnp.repeat(jax.random.split(jax.random.PRNGKey(3), 2), 4, axis=0)
     key = jax.random.PRNGKey(7)
     cfg = gen.GenerationConfig(max_new_tokens=answer_len + 1, temperature=0.0, stop_ids=tiny_chat.stop_ids, pad_id=0)
