@@ -35,7 +35,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from envs.distractors import Bank, Part, View, check_epsilon, check_probability, load_bank, outside_cells
+from envs.distractors import (Bank, Part, View, augment_text, check_epsilon, check_probability, load_bank,
+                              outside_cells)
 
 Segment = Tuple[jax.Array, jax.Array]  # (ids int32[L], length int32), as in agentrl_jax.segments
 CELL = "cell"  # the source of a coordinate part's {r} and {c}
@@ -287,9 +288,9 @@ class Augmentation:
         return self.active and (split == train_split or self.in_eval)
 
 
-def domain_augmentation(domain: str, default_bank: Optional[str] = None) -> Augmentation:
+def domain_augmentation(domain: str) -> Augmentation:
     """The `<domain>/augment.*` bindings (unscoped `augment.*` apply to every domain), checked before anything
-    is tokenized or compiled; bank None becomes the domain's own (`default_bank`, else the domain's name)."""
+    is tokenized or compiled; bank None becomes the domain's own bank (named like the domain)."""
     with gin.config_scope(domain):
         aug = Augmentation()
     where = f"{domain}/augment"
@@ -301,7 +302,7 @@ def domain_augmentation(domain: str, default_bank: Optional[str] = None) -> Augm
         check_probability(aug.p)
     except ValueError as e:
         raise ValueError(f"{where}.p: {e}") from None
-    bank = aug.bank or default_bank or domain
+    bank = aug.bank or domain
     if aug.active or aug.bank is not None:  # a bank named by the user is checked even while eps is 0
         try:
             load_bank(bank)
@@ -335,9 +336,7 @@ class TextAugmenter:
 
     def __init__(self, setting: Augmentation, key: jax.Array, num_episodes: int,
                  context_fn: Callable[..., dict] = lambda step, first_step: {}):
-        from envs.distractors import load_bank as _load  # noqa: PLC0415
-
-        self.bank, self.epsilon, self.context_fn = _load(setting.bank), setting.epsilon, context_fn
+        self.bank, self.epsilon, self.context_fn = load_bank(setting.bank), setting.epsilon, context_fn
         coin_keys, states_keys = episode_keys(key, num_episodes)
         self.augmented = np.array(jax.vmap(augment_episode, in_axes=(0, None))(coin_keys, setting.p), bool)
         self._states_keys = states_keys
@@ -360,8 +359,6 @@ class TextAugmenter:
             self._first[episode] = step
         if not self.augmented[episode]:
             return step.observation
-        from envs.distractors import augment_text  # noqa: PLC0415
-
         return augment_text(self.bank, step.observation, self.rng(episode, turn), self.epsilon,
                             **self.context_fn(step, self._first.get(episode, step)))
 

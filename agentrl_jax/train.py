@@ -631,7 +631,7 @@ def _rl_iteration(tr: Trainer, rl_step, step, params, opt_state, key, cfg: rl.RL
         if d is not tr.domain:
             m.update(d.metrics())
     m.update(_summarise(stats, batch))
-    if getattr(tr.domain, "augmentation", None) is not None and tr.domain.augmentation.active:
+    if tr.domain.augmentation.active:
         m.update(_richness_metrics(batch, stats, tr.tokenizer))
     m[f"env/{tr.domain.name}/crashed_episodes"] = m["lost_episodes"]
     gen_tokens = _generated_tokens(batch)

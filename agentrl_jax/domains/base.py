@@ -17,6 +17,7 @@ from typing import Any, Callable, ClassVar, Dict, Optional, Sequence, Tuple, Typ
 import jax
 import numpy as np
 
+from agentrl_jax import augment as aug
 from agentrl_jax import generate as gen
 from agentrl_jax.rollout import host_conversation_rollout, host_rollout
 
@@ -98,6 +99,8 @@ class Domain(abc.ABC):
         self.eval_split = self.check_eval_split(eval_split or self.splits[0])
         # None: the run's train.max_response_tokens (set per domain when its answers need more, e.g. thinking).
         self.max_response_tokens = max_response_tokens
+        # The domain's distractor setting (`<name>/augment.*`, off by default), checked here before anything runs.
+        self.augmentation = aug.domain_augmentation(self.name)
 
     # ------------------------------------------------------------------ what subclasses provide
     max_prompt_tokens: int
@@ -138,6 +141,11 @@ class Domain(abc.ABC):
         """Stop worker processes (pools are started lazily, on a split's first episode)."""
 
     # ------------------------------------------------------------------ shared behaviour
+    def augments(self, tasks: Tasks) -> bool:
+        """Whether these tasks' episodes get distractors (training ones when `<name>/augment.*` is on; held-out
+        ones only with `augment.in_eval`)."""
+        return self.augmentation.applies_to(tasks.split, self.train_split)
+
     def check_split(self, split: str) -> str:
         known = (self.train_split, *self.splits)
         if split not in known:

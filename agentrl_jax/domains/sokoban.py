@@ -15,7 +15,6 @@ import jax.numpy as jnp
 import numpy as np
 
 import envs.sokoban as sk
-from agentrl_jax import augment as aug
 from agentrl_jax import generate as gen
 from agentrl_jax import heldout
 from agentrl_jax.domains.base import (HELD_OUT_STREAM, SFT_VALIDATION_STREAM, TRAIN_STREAM, Domain, Tasks, register,
@@ -47,7 +46,6 @@ class SokobanDomain(Domain):
                  eval_split: Optional[str] = None, max_response_tokens: Optional[int] = None):
         super().__init__(chat, seed, eval_split, max_response_tokens)
         self.env = sk.Sokoban()
-        self.augmentation = aug.domain_augmentation(self.name)
         a = self.augmentation
         try:
             self.prompter = SokobanPrompter(chat, dim=self.env.dim, max_steps=self.env.max_steps,
@@ -79,10 +77,6 @@ class SokobanDomain(Domain):
 
     def task_count(self, split: str) -> Optional[int]:
         return len(self.level_sets[split]) if split in self.level_sets else None
-
-    def augments(self, tasks: Tasks) -> bool:
-        """Whether these tasks' episodes get distractors (training ones when `sokoban/augment.*` is on)."""
-        return self.augmentation.applies_to(tasks.split, self.train_split)
 
     def host_task(self, tasks: Tasks, key=None):
         return SokobanHostTask(self.env, self.prompter, tasks.keys,

@@ -53,7 +53,6 @@ class TextDomain(Domain):
         self.reset_timeout_s = reset_timeout_s
         self._pools: Dict[str, object] = {}
         self._closed_stats: Dict[str, int] = {k: 0 for k in POOL_COUNTERS}
-        self.augmentation = aug.domain_augmentation(self.name)
         self._monitor = self.augmentation.active and aug.uses_monitor(self.augmentation.bank)
         if self.augmentation.active:
             self._check_augmentation_fits()
@@ -80,10 +79,6 @@ class TextDomain(Domain):
         """The distractor bank's context for a state (`envs.distractors.CONTEXT_KEYS`), given the episode's reset
         step too; subclasses add what their bank needs (ALFWorld: the real entity ids)."""
         return {"other_states": list(aug.sokoban_monitor_states())} if self._monitor else {}
-
-    def augments(self, tasks: Tasks) -> bool:
-        """Whether these tasks' episodes get distractors (training ones when `<domain>/augment.*` is on)."""
-        return self.augmentation.applies_to(tasks.split, self.train_split)
 
     # ------------------------------------------------------------------ Domain
     def train_tasks(self, step: int, n_tasks: int) -> Tasks:
