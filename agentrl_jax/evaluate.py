@@ -70,10 +70,25 @@ def run_settings(run_dir: str) -> Dict[str, Any]:
 
 
 def _augmentation_of(config_text: str) -> str:
-    """The distractor setting a run was trained with, as its `augment.*` / `<domain>/augment.*` bindings ("none"
-    without them)."""
-    lines = sorted(line.strip() for line in config_text.splitlines()
-                   if re.match(r"(\w+/)?augment\.", line.strip()))
+    """The distractor setting a run was trained with: the `augment.*` / `<domain>/augment.*` bindings of the
+    scopes that add distractors (epsilon > 0 and p > 0; a scope falls back to the unscoped values), "none"
+    without any. The operative config lists every domain's scope, at its defaults too."""
+    values: Dict[str, Dict[str, str]] = {}
+    for m in re.finditer(r"^(?:(\w+)/)?augment\.(\w+)\s*=\s*(.+?)\s*$", config_text, re.M):
+        values.setdefault(m.group(1) or "", {})[m.group(2)] = m.group(3)
+
+    def number(scope, name, default):
+        v = values.get(scope, {}).get(name, values.get("", {}).get(name, default))
+        try:
+            return float(ast.literal_eval(v))
+        except (ValueError, SyntaxError, TypeError):
+            return float(default)
+
+    lines = []
+    for scope in sorted(values):
+        if number(scope, "epsilon", "0") > 0 and number(scope, "p", "1") > 0:
+            prefix = f"{scope}/augment" if scope else "augment"
+            lines += [f"{prefix}.{k} = {v}" for k, v in sorted(values[scope].items())]
     return "; ".join(lines) if lines else "none"
 
 

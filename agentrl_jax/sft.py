@@ -56,7 +56,7 @@ def sokoban_expert_samples(env: sk.Sokoban, prompter: SokobanPrompter, num_level
         for t, action in enumerate(plan[: env.max_steps]):
             if data == "format":  # a random move, and the episode goes on from where it leads
                 action = int(rng.integers(len(sk.ACTION_WORDS)))
-            prompt = prompter.host_prompt_ids(state, prev, prev_action, t)
+            prompt = prompter.host_prompt_ids(state, prev, prev_action, t, augment=False)  # expert data: plain
             answer = prompter.encode(expert_answer(action, prompter.thinking, state)) + [stop]
             rows.append((prompt, answer[:n]))
             # The next prompt's history shows exactly the trained answer and the board it led to.

@@ -482,8 +482,6 @@ def train(
     distributed.initialize()
     mesh = mesh or sharding.make_mesh()
     os.makedirs(output_dir, exist_ok=True)
-    with open(os.path.join(output_dir, "operative_config.gin"), "w") as f:
-        f.write(gin.operative_config_str())
 
     tr = Trainer(output_dir=output_dir, model_path=model_path, domain=domain, rollout_mode=rollout_mode,
                  rl_config=rl_config, tasks_per_step=tasks_per_step, group_size=group_size,
@@ -492,6 +490,9 @@ def train(
                  invalid_penalty=invalid_penalty, seed=seed, mesh=mesh, thinking=thinking, prompt_mode=prompt_mode,
                  max_context_tokens=max_context_tokens, micro_batch_size=micro,
                  logits_chunk_size=logits_chunk_size, eval_domains=tuple(eval_domains))
+    # Written once the domains exist, so their scoped settings (e.g. `sokoban/augment.*`) are in it.
+    with open(os.path.join(output_dir, "operative_config.gin"), "w") as f:
+        f.write(gin.operative_config_str())
     tx = optim.make_optimizer()
     rl_step, opt_state, o_sh = tr.make_update(
         functools.partial(learner.rl_loss, config=rl_config, prompt_len=tr.prompt_len,
@@ -715,8 +716,7 @@ def repo_gin_dir() -> str:
 def parse_gin(gin_files: Sequence[str], bindings: Sequence[str], search_paths: Sequence[str] = ()) -> None:
     """Parse gin files and bindings, failing with the file's name (before any compilation)."""
     repo = os.path.dirname(repo_gin_dir())  # 'gin/experiments/x.gin' resolves from any working folder
-    search_paths = [*search_paths, repo]
-    for path in [*search_paths, repo_gin_dir()]:
+    for path in [*search_paths, repo_gin_dir(), repo]:  # the repo root last: includes resolve in gin/ first
         if path and os.path.isdir(path):
             gin.add_config_file_search_path(os.path.abspath(path))
     # gin tries the working folder first and, when that misses, imports the include's first path component as a
@@ -727,7 +727,8 @@ def parse_gin(gin_files: Sequence[str], bindings: Sequence[str], search_paths: S
         prefixes.remove("")
         prefixes.append("")
     for f in gin_files:
-        if not os.path.exists(f) and not any(os.path.exists(os.path.join(p, f)) for p in [*search_paths, repo_gin_dir()]):
+        if not os.path.exists(f) and not any(os.path.exists(os.path.join(p, f))
+                                             for p in [*search_paths, repo_gin_dir(), repo]):
             raise SystemExit(f"error: gin file {f!r} not found (looked in the working folder, {repo_gin_dir()}"
                              f"{', ' + ', '.join(search_paths) if search_paths else ''}).")
     try:

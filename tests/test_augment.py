@@ -401,6 +401,9 @@ def test_sokoban_domain_augments_training_rollouts_only(tiny_chat):
             assert len(DISTRACTOR_LINE.findall(text)) == (3 if flags[e] else 0)  # k = max(1, 30 // 10)
         dom.augmentation = dataclasses.replace(dom.augmentation, in_eval=True)
         assert dom.augments(held)
+        samples = dom.expert_samples(2, 0, 16)  # the SFT warm-up's expert prompts stay plain
+        assert len(samples["ids"]) and not any(DISTRACTOR_LINE.search(tiny_chat.tokenizer.decode(row[attn == 1]))
+                                               for row, attn in zip(samples["ids"], samples["attn"]))
     finally:
         gin.clear_config()
 
@@ -411,6 +414,13 @@ def test_evaluator_records_the_scoped_augment_bindings_of_a_run():
     config = "train.domain = 'sokoban'\nsokoban/augment.epsilon = 80\nsokoban/augment.p = 0.5\n# augment off\n"
     assert _augmentation_of(config) == "sokoban/augment.epsilon = 80; sokoban/augment.p = 0.5"
     assert _augmentation_of("train.domain = 'sokoban'\n") == "none"
+    # The operative config of a run lists every domain's scope at its defaults too: only active ones count.
+    operative = ("alfworld/augment.bank = None\nalfworld/augment.epsilon = 0.0\nalfworld/augment.p = 1.0\n"
+                 "sokoban/augment.bank = None\nsokoban/augment.epsilon = 80\nsokoban/augment.p = 0.5\n")
+    assert _augmentation_of(operative) == ("sokoban/augment.bank = None; sokoban/augment.epsilon = 80; "
+                                           "sokoban/augment.p = 0.5")
+    assert _augmentation_of(operative.replace("= 80", "= 0.0")) == "none"
+    assert _augmentation_of("augment.epsilon = 30\n") == "augment.epsilon = 30"  # unscoped: every domain
 
 
 def test_webshop_pages_take_the_bank_view_of_their_kind(tiny_chat):
@@ -439,6 +449,14 @@ def test_webshop_pages_take_the_bank_view_of_their_kind(tiny_chat):
             ts = env.step(action)
         assert ts.done and ts.info["task_score"] == 1.0 and ts.reward == 10.0
         assert "search" in views and "detail" in views
+        # A one-view bank (the cross-domain monitor) gets no page view and works on every page.
+        gin.clear_config()
+        gin.parse_config(["webshop/augment.epsilon = 30", "webshop/augment.bank = 'cross_domain'"])
+        monitor = make_domain("webshop", chat=tiny_chat, seed=0)
+        first = env.reset(1)
+        context = monitor.augment_context(first, first)
+        assert "view" not in context
+        assert "monitor" in D.augment_text("cross_domain", first.observation, 0, 30, **context)
         env.close()
     finally:
         gin.clear_config()

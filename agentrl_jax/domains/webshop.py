@@ -49,8 +49,17 @@ class WebShopDomain(TextDomain):
     def augment_context(self, ts, first_ts) -> dict:
         """Distractor view by page: ads and fake products on results pages ("search"), trivial features and ads
         on the search, item and sub pages ("detail")."""
+        context = super().augment_context(ts, first_ts)
         view = "search" if ts.info.get("page") == "results" else "detail"
-        return {**super().augment_context(ts, first_ts), "view": view}
+        if view in self._bank_views:  # a one-view bank (cross_domain, a user's own) needs none
+            context["view"] = view
+        return context
+
+    @functools.cached_property
+    def _bank_views(self) -> frozenset:
+        from envs.distractors import load_bank  # noqa: PLC0415
+
+        return frozenset(v.name for v in load_bank(self.augmentation.bank).views)
 
     def prompt_fn(self, ts, history, turn: int) -> str:
         from envs.webshop import build_prompt  # noqa: PLC0415
