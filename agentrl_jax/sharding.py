@@ -325,6 +325,37 @@ def _check_batch(batch: Any, divisor: int, accum_steps: int) -> None:
             )
 
 
+
+def _replica_batch_axes(mesh: Mesh, rules, param_shardings) -> Tuple[str, ...]:
+    """The leading mesh axes of the batch rule that shard no parameter (pure replicas, e.g. ``data``): their
+    gradient reduction can wait until the end of an accumulation scan. Only a leading run of the batch axes
+    qualifies, so splitting a micro-batch into one group per replica moves no data."""
+    (axes,) = partitioning.logical_to_spec(("batch",), rules, mesh) or (None,)
+    axes = () if axes is None else (axes,) if isinstance(axes, str) else tuple(axes)
+    used = set()
+    for sh in jax.tree.leaves(param_shardings, is_leaf=lambda x: isinstance(x, NamedSharding)):
+        for entry in sh.spec:
+            used.update((entry,) if isinstance(entry, str) else tuple(entry or ()))
+    lead = []
+    for a in axes:
+        if a in used:
+            break
+        lead.append(a)
+    return tuple(lead)
+
+
+def _rules_without(rules, axes: Sequence[str]):
+    """`rules` with `axes` removed from every target (inside a vmap whose spmd axes they are)."""
+    if not axes:
+        return rules
+    out = []
+    for name, target in rules:
+        if target is not None:
+            kept = tuple(a for a in ((target,) if isinstance(target, str) else target) if a not in axes)
+            target = None if not kept else kept[0] if len(kept) == 1 else kept
+        out.append((name, target))
+    return tuple(out)
+
 def make_train_step(
     loss_fn: LossFn,
     optimizer: optax.GradientTransformation,
@@ -377,30 +408,65 @@ def make_train_step(
         (loss, aux), grads = jax.value_and_grad(f, has_aux=True)(params)
         return loss, aux, grads
 
+    # Gradient accumulation reduces over the replica axes once per minibatch, not once per micro-batch: each
+    # replica group's micro-batch gradients are summed where they were computed (a carry with a leading group
+    # axis sharded over those axes, per-device memory one gradient, as before) and summed across groups after
+    # the scan. Without it, the carry's parameter sharding forces a full all-reduce inside every scan step.
+    replica_axes = _replica_batch_axes(mesh, rules, shardings.params) if accum_steps > 1 else ()
+    groups = math.prod(mesh.shape[a] for a in replica_axes)
+    inner_rules = _rules_without(rules, replica_axes)
+
+    def grouped_grad_fn(params, micro, key, frozen=None):
+        """grad_fn per replica group: (loss [G], aux [G], grads [G, ...]) for a micro-batch split in G groups."""
+        split = jax.tree.map(lambda x: x.reshape((groups, x.shape[0] // groups) + x.shape[1:]), micro)
+        keys = jax.random.split(key, groups)
+
+        def one(part, k):
+            with partitioning.axis_rules(mesh, inner_rules):
+                return grad_fn(params, part, k, frozen)
+
+        return jax.vmap(one, spmd_axis_name=replica_axes)(split, keys)
+
     def step(params, opt_state, batch, key, frozen=None):
         with partitioning.axis_rules(mesh, rules):
             if accum_steps == 1:
                 loss, aux, grads = grad_fn(params, batch, key, frozen)
             else:
+                lead = (groups,) if groups > 1 else ()
+                # "mean": each group's loss is a mean over its (equal) share of rows, so groups average too.
+                group_scale = 1.0 if accumulate == "sum" or groups == 1 else 1.0 / groups
+                carry_sh = jax.tree.map(lambda sh: NamedSharding(mesh, PartitionSpec(
+                    replica_axes if len(replica_axes) > 1 else replica_axes[0], *sh.spec)), shardings.params) \
+                    if groups > 1 else shardings.params
+
                 def body(carry, xs):
                     g_sum, l_sum, a_sum = carry
                     i, micro = xs
-                    loss, aux, g = grad_fn(params, micro, jax.random.fold_in(key, i), frozen)
+                    k = jax.random.fold_in(key, i)
+                    loss, aux, g = (grouped_grad_fn(params, micro, k, frozen) if groups > 1
+                                    else grad_fn(params, micro, k, frozen))
                     g_sum = jax.tree.map(lambda s, x: s + x.astype(s.dtype), g_sum, g)
-                    g_sum = jax.lax.with_sharding_constraint(g_sum, shardings.params)
+                    g_sum = jax.lax.with_sharding_constraint(g_sum, carry_sh)
                     a_sum = jax.tree.map(lambda s, x: s + x, a_sum, aux)
                     return (g_sum, l_sum + loss, a_sum), None
 
                 first = jax.tree.map(lambda x: x[0], batch)
-                aux_shape = jax.eval_shape(lambda: grad_fn(params, first, key, frozen)[1])
-                zeros_g = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.promote_types(p.dtype, jnp.float32)), params)
+                aux_shape = jax.eval_shape(
+                    lambda: (grouped_grad_fn if groups > 1 else grad_fn)(params, first, key, frozen)[1])
+                zeros_g = jax.tree.map(
+                    lambda p: jnp.zeros(lead + p.shape, jnp.promote_types(p.dtype, jnp.float32)), params)
+                zeros_g = jax.lax.with_sharding_constraint(zeros_g, carry_sh)
                 zeros_a = jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), aux_shape)
                 (g_sum, l_sum, a_sum), _ = jax.lax.scan(
-                    body, (zeros_g, jnp.zeros((), jnp.float32), zeros_a), (jnp.arange(accum_steps), batch)
+                    body, (zeros_g, jnp.zeros(lead, jnp.float32), zeros_a), (jnp.arange(accum_steps), batch)
                 )
-                grads = jax.tree.map(lambda s, p: (s * scale).astype(p.dtype), g_sum, params)
-                loss = l_sum * scale
-                aux = jax.tree.map(lambda a: a * scale, a_sum)
+                if groups > 1:  # the one cross-replica reduction of the step
+                    g_sum = jax.tree.map(lambda s: s.sum(0), g_sum)
+                    l_sum, a_sum = l_sum.sum(0), jax.tree.map(lambda a: a.sum(0), a_sum)
+                total = scale * group_scale
+                grads = jax.tree.map(lambda s, p: (s * total).astype(p.dtype), g_sum, params)
+                loss = l_sum * total
+                aux = jax.tree.map(lambda a: a * total, a_sum)
 
         grad_norm = optax.global_norm(grads)
         finite = jnp.isfinite(loss) & _all_finite(grads)

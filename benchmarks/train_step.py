@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import statistics
 import subprocess
@@ -111,6 +112,39 @@ def measure_cpu_peak(jax, jnp) -> float:
     return 2 * n**3 / best
 
 
+_COLLECTIVES = ("all-reduce", "all-gather", "reduce-scatter", "all-to-all", "collective-permute")
+_DTYPE_BYTES = {"f64": 8, "s64": 8, "u64": 8, "f32": 4, "s32": 4, "u32": 4, "bf16": 2, "f16": 2, "s16": 2, "u16": 2,
+                "s8": 1, "u8": 1, "pred": 1}
+
+
+def collective_traffic(hlo_text: str, loop_trips: int = 1) -> dict:
+    """Bytes (the outputs' sizes, per device) and counts of each collective in one execution of a compiled
+    program, from its optimized HLO text. Ops in a while-loop body count `loop_trips` times (the train step's
+    only loop is the gradient-accumulation scan); their share is reported separately as `<kind>_in_loop`."""
+    import re  # noqa: PLC0415
+
+    bodies = set(re.findall(r"body=%?([\w.\-]+)", hlo_text))
+    op = re.compile(r"= (.+?) (" + "|".join(_COLLECTIVES) + r")(?:-start)?\(")
+    out: dict = {}
+    computation = None
+    for line in hlo_text.splitlines():
+        head = re.match(r"^(?:ENTRY )?%?([\w.\-]+) .*\{$", line)
+        if head:
+            computation = head.group(1)
+            continue
+        m = op.search(re.sub(r"/\*index=\d+\*/", "", line))
+        if not m:
+            continue
+        size = sum(_DTYPE_BYTES.get(dt, 4) * math.prod(int(d) for d in dims.split(",") if d)
+                   for dt, dims in re.findall(r"\b([a-z]+\d*)\[([\d,]*)\]", m.group(1)))
+        in_loop = computation in bodies
+        trips = loop_trips if in_loop else 1
+        for key in (m.group(2), f"{m.group(2)}_in_loop") if in_loop else (m.group(2),):
+            out[key] = out.get(key, 0) + size * trips
+            out[f"{key}_ops"] = out.get(f"{key}_ops", 0) + trips
+    return out
+
+
 def bench_jax(a):
     import jax
     import jax.numpy as jnp
@@ -141,6 +175,8 @@ def bench_jax(a):
     if a.accum > 1:
         ids = ids.reshape(a.accum, a.batch // a.accum, a.seq + 1)
     batch = sharding.shard_batch({"ids": ids}, sh, accum_steps=a.accum)
+    traffic = collective_traffic(step.jitted.lower(params, opt_state, batch, jax.random.key(0)).compile().as_text(),
+                                 loop_trips=a.accum)
 
     t = time.perf_counter()
     params, opt_state, m = step(params, opt_state, batch, jax.random.key(0))
@@ -170,7 +206,7 @@ def bench_jax(a):
         impl="agentrl_jax", device=f"{dev.platform}:{kind}", n_devices=n_dev, mesh=dict(mesh.shape),
         dtype="fp32 weights, bf16 compute" if a.dtype == "bfloat16" else "float32",
         params=n_params, head_dim=cfg.head_dim, compile_s=compile_s, step_times=times, peak_flops=peak,
-        peak_source=peak_src, loss=float(m["loss"]),
+        peak_source=peak_src, loss=float(m["loss"]), collectives=traffic,
     )
 
 
@@ -343,6 +379,15 @@ def print_step_table(a, rows) -> None:
         print(f"{r['impl'][:44]:<44} {r['device'][:16]:<16} {r['n_devices']:>4} {r['params']:>10,} "
               f"{r['step_s'] * 1e3:>9.1f} {r['tokens_per_s']:>10,.0f} {r['model_tflops']:>8.4f} "
               f"{r['mfu'] * 100:>6.2f}% {vs:>8}")
+    traffic = rows[0].get("collectives") or {}
+    if traffic:
+        parts = []
+        for kind in _COLLECTIVES:
+            if kind in traffic:
+                loop = traffic.get(f"{kind}_in_loop", 0)
+                parts.append(f"{kind} {traffic[kind] / 1e6:.2f} MB ({traffic[f'{kind}_ops']} ops"
+                             + (f"; {loop / 1e6:.2f} MB inside the accumulation scan" if loop else "") + ")")
+        print("\ncollectives per step (ours, compiled HLO, per device): " + ("; ".join(parts) or "none"))
 
 
 def print_logits_memory(a, rows) -> None:

@@ -67,3 +67,28 @@ def test_bf16_peer_run_is_same_device_and_dtype_interleaved(tmp_path):
     assert ours["vs_torch"] == pytest.approx(statistics.median(
         t / j for j, t in zip(ours["round_step_s"], peer["round_step_s"])))
     assert "vs torch" in proc.stdout and "same device and dtype" in proc.stdout
+
+
+def test_accumulation_reduces_gradients_across_replicas_once_per_step(bench):
+    """Pure data parallelism (8 replicas) with 2 micro-batches: the compiled step's only collective is one
+    gradient all-reduce after the accumulation scan, none inside it (which would cost k x the traffic)."""
+    a = bench.parse(["--mesh=-1,1,1", "--accum", "2", "--batch", "16", "--seq", "8", "--vocab", "128",
+                     "--hidden", "32", "--layers", "1", "--steps", "1", "--warmup", "1"])
+    traffic = bench.bench_jax(a)["collectives"]
+    assert traffic.get("all-reduce_in_loop", 0) == 0, traffic
+    assert traffic["all-reduce_ops"] >= 1 and traffic["all-reduce"] > 0, traffic
+
+
+def test_collective_traffic_counts_loop_bodies_per_trip(bench):
+    hlo = "\n".join([
+        "%body.1 (p: (f32[4])) -> (f32[4]) {",
+        "  %ar = f32[4,8]{1,0} all-reduce(%x), replica_groups={}, to_apply=%add",
+        "}",
+        "ENTRY %main (a: f32[4]) -> f32[4] {",
+        "  %w = (f32[4]) while(%t), condition=%cond.1, body=%body.1",
+        "  %ag = (f32[2,2]{1,0}, /*index=1*/bf16[8]{0}) all-gather(%y, %z), dimensions={0}",
+        "}",
+    ])
+    t = bench.collective_traffic(hlo, loop_trips=3)
+    assert t["all-reduce"] == t["all-reduce_in_loop"] == 3 * 4 * 8 * 4 and t["all-reduce_ops"] == 3
+    assert t["all-gather"] == 2 * 2 * 4 + 8 * 2 and "all-gather_in_loop" not in t

@@ -16,10 +16,8 @@ from agentrl_jax.policy import load_policy, response_outputs
 P, N = 6, 5  # prompt slots, response slots
 
 
-@pytest.fixture(scope="module")
-def setup():
-    """The tiny policy with a critic on a 2-device (fsdp) mesh, and a partly filled minibatch of 8 rows."""
-    mesh = sharding.make_mesh(1, 2, 1, devices=jax.devices()[:2])
+def _setup(data: int, fsdp: int):
+    mesh = sharding.make_mesh(data, fsdp, 1, devices=jax.devices()[:data * fsdp])
     policy, _ = load_policy("tiny", with_value_head=True)
     graphdef, params = nnx.split(policy, nnx.Param)
     rules = sharding.logical_rules()
@@ -41,6 +39,12 @@ def setup():
     samples["attn"][0, :2] = 0  # a left-padded prompt
     (mb,) = list(learner.minibatches(samples, 8, None, shuffle=False))
     return mesh, graphdef, params, p_sh, rules, mb
+
+
+@pytest.fixture(scope="module")
+def setup():
+    """The tiny policy with a critic on a 2-device (fsdp) mesh, and a partly filled minibatch of 8 rows."""
+    return _setup(1, 2)
 
 
 def _sgd_update(setup, loss_fn, accum, accumulate="sum"):
@@ -84,6 +88,19 @@ def test_accumulation_gives_the_unsplit_update_in_every_mode(setup, mode):
     old_delta, _ = _sgd_update(setup, loss_fn, accum=4, accumulate="mean")
     with pytest.raises(AssertionError):
         _assert_tree_close(old_delta, ref_delta)
+
+
+def test_accumulation_over_replicas_reduces_once_and_gives_the_unsplit_update():
+    """With a data axis (2 replicas x 2 fsdp shards) each replica group sums its micro-batch gradients locally
+    and the step reduces across replicas once, after the scan: still exactly the unsplit update."""
+    setup = _setup(2, 2)
+    cfg = rl.RLConfig(algorithm="ppo", entropy_coef=0.01, kl_coef=0.1, value_coef=0.5)
+    loss_fn = functools.partial(learner.rl_loss, config=cfg, prompt_len=P, temperature=1.0)
+    ref_delta, ref_m = _sgd_update(setup, loss_fn, accum=1)
+    delta, m = _sgd_update(setup, loss_fn, accum=2)
+    _assert_tree_close(delta, ref_delta)
+    for k in ("loss", "pg_loss", "vf_loss", "kl_loss", "entropy", "response_tokens"):
+        assert m[k] == pytest.approx(ref_m[k], rel=1e-5, abs=1e-7), k
 
 
 def test_sft_loss_accumulates_exactly(setup):

@@ -97,7 +97,11 @@ class Embed(nnx.Module):
         self.embedding = _param(rngs, _INIT, (vocab_size, dim), param_dtype, ("vocab", "embed"))
 
     def __call__(self, ids: jax.Array) -> jax.Array:
-        return jnp.take(self.embedding[...], ids, axis=0).astype(self.dtype)
+        # The lookup reads a replicated table (one all-gather of [V, D], as FSDP gathers every weight): from the
+        # (vocab, embed)-sharded table XLA cannot gather rows for batch-sharded ids and falls back to replicating
+        # the whole [B, L, D] lookup on every device ("involuntary full rematerialization") with fsdp, tensor > 1.
+        table = constrain(self.embedding[...], (None, None))
+        return jnp.take(table, ids, axis=0).astype(self.dtype)
 
 
 @struct.dataclass
