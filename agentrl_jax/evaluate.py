@@ -375,6 +375,7 @@ def evaluate(
                             parts = domain.rollout_chunks(graphdef, params, tasks, key, cfg, tokenizer, settings,
                                                           progress=progress)
                             cell = {"id": spec.cell_id, "fingerprint": fp, **dataclasses.asdict(spec),
+                                    "thinking": row.thinking,
                                     "seconds": time.perf_counter() - t0, **cell_metrics(parts)}
                             write_cell(cells_dir, cell)
                             logger.write(f"cell {done}/{total}: {row.name} step {step} on {name}/{split} seed "

@@ -114,6 +114,8 @@ def test_evaluation_is_killed_and_resumes_without_recomputing(run_dir, tmp_path)
     if HAVE_JAVA:
         assert results["domains"]["sciworld"]["split"] == "test"
     # The matrix entry is the mean of the per-task successes stored in its cells.
+    stored = [json.loads((cells / n).read_text()) for n in after]
+    assert all(c["thinking"] is False for c in stored)  # every cell records the thinking setting it played with
     cell_vals = [json.loads((cells / n).read_text())["success"] for n in after if n.startswith("sokoban__")
                  and "__sokoban__" in n]
     assert entry is not None and np.isclose(results["entries"]["sokoban"]["sokoban"]["success"],

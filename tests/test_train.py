@@ -48,6 +48,26 @@ def test_missing_required_macro_fails_before_compiling(tmp_path):
     assert "Traceback" not in proc.stderr
 
 
+@pytest.mark.parametrize("value", [True, False])
+def test_one_thinking_macro_sets_training_evaluation_and_env_properties(value):
+    """`THINKING` is the one switch: the trainer (prompts, answer format, parser, SFT answers all follow
+    train.thinking), the evaluator's starting row and env_properties read it, whatever the experiment set."""
+    import agentrl_jax.env_properties  # noqa: F401  (registers its configurable)
+    import agentrl_jax.evaluate  # noqa: F401
+
+    gin.clear_config()
+    try:
+        T.parse_gin(["gin/experiments/sokoban_tiny_learn.gin", "gin/runs/evaluate.gin", "gin/runs/env_properties.gin"],
+                    [f"THINKING = {value}", "EVAL_DIR = '/tmp/unused'", "evaluate.domains = ['sokoban']",
+                     "env_properties.domains = ['sokoban']", "env_properties.model_path = 'expert'",
+                     "env_properties.output_path = '/tmp/unused.json'"])
+        for name in ("train.thinking", "evaluate.start_thinking", "env_properties.thinking"):
+            assert str(gin.query_parameter(name)) == "%THINKING", name
+        assert gin.query_parameter("THINKING/gin.macro.value") is value
+    finally:
+        gin.clear_config()
+
+
 def test_unknown_binding_names_the_problem(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "agentrl_jax.train", f"--gin_file={TINY_FILES[0]}",
                            "--gin_bindings=train.num_stepz = 3"], cwd=REPO, capture_output=True, text=True,
