@@ -263,26 +263,30 @@ def load_measurement_policy(model_path: str, tokenizer_path: Optional[str] = Non
         return Policy(EXPERT, AutoTokenizer.from_pretrained(resolve_model_path(tokenizer_path)))
     from flax import nnx  # noqa: PLC0415
 
-    from agentrl_jax.policy import load_policy  # noqa: PLC0415
+    from agentrl_jax.policy import load_policy, restore_checkpoint_params  # noqa: PLC0415
 
-    model, tokenizer = load_policy(model_path)
+    folder = None if run_dir is None else os.path.join(run_dir, "checkpoints")
+    if folder is not None and not os.path.isdir(folder):
+        raise ValueError(f"env_properties.run_dir {run_dir!r} has no checkpoints/ folder; point it at a training "
+                         f"run's train.output_dir.")
+    lora_settings = None
+    if run_dir is not None and os.path.isfile(os.path.join(run_dir, "operative_config.gin")):
+        from agentrl_jax.evaluate import run_lora  # noqa: PLC0415 (the run's adapters, from its operative config)
+
+        lora_settings = run_lora(run_dir)
+    model, tokenizer = load_policy(model_path, lora_settings=lora_settings)
     graphdef, params, _ = nnx.split(model, nnx.Param, ...)
     if run_dir is None:
         return Policy(model_path, tokenizer, graphdef, params)
     from agentrl_jax import checkpoint as ckpt  # noqa: PLC0415
 
-    folder = os.path.join(run_dir, "checkpoints")
-    if not os.path.isdir(folder):
-        raise ValueError(f"env_properties.run_dir {run_dir!r} has no checkpoints/ folder; point it at a training "
-                         f"run's train.output_dir.")
     checkpointer = ckpt.Checkpointer(folder, async_save=False)
     try:
         step = checkpointer.latest_step() if checkpoint_step is None else int(checkpoint_step)
         if step is None or step not in checkpointer.all_steps():
             raise ValueError(f"no checkpoint {'at all' if step is None else f'at step {step}'} in {folder} (saved: "
                              f"{checkpointer.all_steps()}); set env_properties.checkpoint_step to one of them.")
-        abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), params)
-        params = checkpointer.restore_params(step, abstract)
+        params = restore_checkpoint_params(checkpointer, step, params, jax.tree.map(lambda x: x.sharding, params))
     finally:
         checkpointer.close()
     return Policy(f"{run_dir}@{step}", tokenizer, graphdef, params)

@@ -35,7 +35,7 @@ from agentrl_jax import protocol, report, sharding
 from agentrl_jax import generate as gen
 from agentrl_jax.chat import ChatFormat
 from agentrl_jax.logging import MetricsLogger
-from agentrl_jax.policy import load_policy
+from agentrl_jax.policy import load_policy, restore_checkpoint_params
 
 log = _pylogging.getLogger("agentrl_jax.evaluate")
 START_ROW = "start"
@@ -52,7 +52,8 @@ def run_settings(run_dir: str) -> Dict[str, Any]:
         raise ValueError(f"{run_dir!r} is not a training run folder (no operative_config.gin); point evaluate.runs at "
                          f"the train.output_dir of a run, or evaluate a Hugging Face folder as evaluate.start_model.")
     with open(path) as f:
-        text = f.read()
+        # gin writes a long value on continuation lines (a trailing backslash, then indented lines): one line each.
+        text = re.sub(r"\n[ \t]+", " ", re.sub(r"\\\n[ \t]*", "", f.read()))
 
     def value(literal: str):
         try:
@@ -61,12 +62,26 @@ def run_settings(run_dir: str) -> Dict[str, Any]:
             return literal
 
     macros = {m.group(1): value(m.group(2)) for m in re.finditer(r"^([A-Z_][A-Z0-9_]*)\s*=\s*(.+?)\s*$", text, re.M)}
-    out: Dict[str, Any] = {}
-    for m in re.finditer(r"^train\.(\w+)\s*=\s*(.+?)\s*$", text, re.MULTILINE):
-        v = m.group(2)
-        out[m.group(1)] = macros.get(v[1:], v) if v.startswith("%") else value(v)
+
+    def bindings(configurable: str) -> Dict[str, Any]:
+        found = {}
+        for m in re.finditer(rf"^{configurable}\.(\w+)\s*=\s*(.+?)\s*$", text, re.MULTILINE):
+            v = m.group(2)
+            found[m.group(1)] = macros.get(v[1:], v) if v.startswith("%") else value(v)
+        return found
+
+    out: Dict[str, Any] = bindings("train")
     out["augmentation"] = _augmentation_of(text)
+    out["lora"] = bindings("lora")  # the run's adapters (rank 0 or absent: full fine-tuning)
     return out
+
+
+def run_lora(run_dir: str):
+    """The `LoRAConfig` a training run trained with (rank 0 = full fine-tuning), from its operative config: the
+    policy that restores its checkpoints must carry the same adapters."""
+    from agentrl_jax.models.lora import lora_config  # noqa: PLC0415
+
+    return lora_config(**run_settings(run_dir)["lora"])
 
 
 def _augmentation_of(config_text: str) -> str:
@@ -137,6 +152,7 @@ class Row:
     augmentation: str
     run_dir: Optional[str]
     steps: Tuple[int, ...]
+    lora: Any = None  # the run's LoRAConfig (None: the starting model, no adapters)
 
     def checkpoint_folder(self, step: int) -> str:
         return os.path.join(self.run_dir, "checkpoints", str(step)) if self.run_dir else self.model_path
@@ -153,7 +169,7 @@ def build_rows(start_model: Optional[str], runs: Mapping[str, str], steps, num_c
         cfg = run_settings(run_dir)
         rows.append(Row(name, str(cfg.get("model_path", start_model)), str(cfg.get("domain", cfg.get("env_name"))),
                         bool(cfg.get("thinking", True)), cfg["augmentation"], run_dir,
-                        tuple(select_steps(run_steps(run_dir), steps, num_checkpoints))))
+                        tuple(select_steps(run_steps(run_dir), steps, num_checkpoints)), run_lora(run_dir)))
     if not rows:
         raise ValueError("nothing to evaluate: set evaluate.start_model (a Hugging Face folder or 'tiny') and/or "
                          "evaluate.runs = {'<row name>': '<train.output_dir>'}.")
@@ -257,21 +273,26 @@ class PolicyCache:
         self.mesh, self.rules = mesh, sharding.logical_rules()
         self._models: Dict[str, tuple] = {}
 
-    def model(self, model_path: str):
-        if model_path not in self._models:
-            policy, tokenizer = load_policy(model_path, mesh=self.mesh)
+    def model(self, model_path: str, lora_settings=None):
+        """(graphdef, params, shardings, tokenizer) of a model folder, with a run's LoRA adapters when given."""
+        from agentrl_jax.models.lora import LoRAConfig  # noqa: PLC0415
+
+        lora_settings = lora_settings or LoRAConfig()  # the starting model: no adapters, whatever gin says
+        key = (model_path, lora_settings)
+        if key not in self._models:
+            policy, tokenizer = load_policy(model_path, mesh=self.mesh, lora_settings=lora_settings)
             graphdef, params, _ = nnx.split(policy, nnx.Param, ...)
             param_sh = sharding.tree_shardings(params, self.mesh, self.rules)
-            self._models[model_path] = (graphdef, jax.device_put(params, param_sh), param_sh, tokenizer)
-        return self._models[model_path]
+            self._models[key] = (graphdef, jax.device_put(params, param_sh), param_sh, tokenizer)
+        return self._models[key]
 
     def params(self, row: Row, step: int):
-        graphdef, params, param_sh, tokenizer = self.model(row.model_path)
+        graphdef, params, param_sh, tokenizer = self.model(row.model_path, row.lora)
         if row.run_dir is not None:
             folder = os.path.join(row.run_dir, "checkpoints")
             checkpointer = ckpt.Checkpointer(folder, async_save=False)
             try:
-                params = checkpointer.restore_params(step, sharding.abstract_with_shardings(params, param_sh))
+                params = restore_checkpoint_params(checkpointer, step, params, param_sh)
             finally:
                 checkpointer.close()
         return graphdef, params, tokenizer

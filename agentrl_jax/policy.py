@@ -65,15 +65,33 @@ def resolve_model_path(model_path: str) -> str:
 
 @gin.configurable(denylist=["model_path", "mesh"])
 def load_policy(model_path: str, with_value_head: bool = False, dtype: Optional[str] = None,
-                param_dtype: Optional[str] = None, remat: bool = False, value_seed: int = 0, mesh=None):
+                param_dtype: Optional[str] = None, remat: bool = False, value_seed: int = 0, mesh=None,
+                lora_settings=None):
     """Load (policy, tokenizer) from a folder (or "tiny"), placed on `mesh` if given; with LoRA adapters on
-    the target projections when gin sets `lora.rank` > 0 (`agentrl_jax.models.lora`)."""
+    the target projections when gin sets `lora.rank` > 0 (`agentrl_jax.models.lora`), or as `lora_settings`
+    (a `LoRAConfig`, e.g. a training run's, see `evaluate.run_lora`) says when given."""
     folder = resolve_model_path(model_path)
     overrides = {"remat": True} if remat else {}
     lm, tokenizer = load_pretrained(folder, dtype=dtype, param_dtype=param_dtype, mesh=mesh, **overrides)
-    add_adapters(lm, lora_config(), mesh=mesh)  # LoRA (gin lora.rank > 0): only the adapters will train
+    # LoRA (gin lora.rank > 0): only the adapters will train.
+    add_adapters(lm, lora_config() if lora_settings is None else lora_settings, mesh=mesh)
     head = ValueHead(lm.cfg.hidden_size, rngs=nnx.Rngs(value_seed)) if with_value_head else None
     return Policy(lm, head), tokenizer
+
+
+def restore_checkpoint_params(checkpointer, step: int, params, shardings):
+    """`params` (a policy's param state on `shardings`) with a training checkpoint's policy restored into it:
+    the whole state after full fine-tuning; after LoRA (the params carry adapters, built with the run's
+    `lora.*`), the adapters the run saved, joined to the frozen base it never changed. The value head and
+    optimizer state in the checkpoint are not read."""
+    from agentrl_jax.models import lora  # noqa: PLC0415
+    from agentrl_jax.sharding import abstract_with_shardings  # noqa: PLC0415
+
+    if not lora.has_adapters(params):
+        return checkpointer.restore_params(step, abstract_with_shardings(params, shardings))
+    (adapters, base), adapter_sh = lora.split_trainable(params), lora.split_trainable(shardings)[0]
+    restored = checkpointer.restore_params(step, abstract_with_shardings(adapters, adapter_sh))
+    return lora.join(base, restored)
 
 
 def rollout_params_fn(dtype, shardings=None) -> Callable:

@@ -193,6 +193,22 @@ def test_train_with_lora_keeps_the_base_and_checkpoints_only_adapters(tmp_path, 
     adapter_bytes = lora.param_bytes(adapters)
     assert lora.param_bytes(state["opt_state"]) < 3 * adapter_bytes < lora.param_bytes(base) / 4
 
+    # The evaluator and env_properties rebuild the run's adapters from its operative config and restore them onto
+    # the base: exactly the trained policy.
+    from agentrl_jax import env_properties as EP  # noqa: PLC0415
+    from agentrl_jax import evaluate as E  # noqa: PLC0415
+
+    (row,) = E.build_rows(None, {"lora_run": str(tmp_path)}, "last", 1, start_thinking=False)
+    assert (row.lora.rank, row.lora.alpha, row.steps) == (4, 8.0, (1,))
+    _, evaluated, _ = E.PolicyCache(tr.mesh).params(row, 1)
+    measured = EP.load_measurement_policy("tiny", run_dir=str(tmp_path)).params
+    want = {p: np.asarray(v.get_value()) for p, v in nnx.to_flat_state(params) if "value_head" not in p}
+    for got in (evaluated, measured):
+        flat = {p: np.asarray(v.get_value()) for p, v in nnx.to_flat_state(got)}
+        assert flat.keys() == want.keys()
+        for p, v in want.items():
+            np.testing.assert_array_equal(flat[p], v, err_msg=str(p))
+
     # A restart resumes from that checkpoint: its abstract target is the adapters' tree (nothing left to run).
     restored = []
     real_restore = T.ckpt.Checkpointer.restore_latest
