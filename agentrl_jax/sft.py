@@ -12,6 +12,7 @@ import jax
 import numpy as np
 
 import envs.sokoban as sk
+from agentrl_jax import sft_data
 from agentrl_jax.sokoban_prompt import SokobanPrompter
 
 
@@ -64,12 +65,5 @@ def sokoban_expert_samples(env: sk.Sokoban, prompter: SokobanPrompter, num_level
             state, ts = step(state, action)
             if bool(ts.done):
                 break
-    ids = np.full((len(rows), p + n), prompter.pad_id, np.int32)
-    attn = np.zeros((len(rows), p + n), np.int32)
-    resp = np.zeros((len(rows), n), np.float32)
-    for j, (prompt, answer) in enumerate(rows):
-        prompt = prompt[-p:]
-        ids[j, p - len(prompt): p], attn[j, p - len(prompt): p] = prompt, 1
-        ids[j, p: p + len(answer)], attn[j, p: p + len(answer)] = answer, 1
-        resp[j, : len(answer)] = 1.0
-    return {"ids": ids, "attn": attn, "response_mask": resp}
+    records = [sft_data.record("sokoban", None, 0, prompt, answer, f"sokoban:{data}") for prompt, answer in rows]
+    return sft_data.pack(records, p, n, prompter.pad_id)
