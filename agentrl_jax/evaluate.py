@@ -35,6 +35,7 @@ from agentrl_jax import protocol, report, sharding
 from agentrl_jax import generate as gen
 from agentrl_jax.chat import ChatFormat
 from agentrl_jax.logging import MetricsLogger
+from agentrl_jax.models.lora import LoRAConfig, lora_config
 from agentrl_jax.policy import load_policy, restore_checkpoint_params
 
 log = _pylogging.getLogger("agentrl_jax.evaluate")
@@ -79,8 +80,6 @@ def run_settings(run_dir: str) -> Dict[str, Any]:
 def run_lora(run_dir: str):
     """The `LoRAConfig` a training run trained with (rank 0 = full fine-tuning), from its operative config: the
     policy that restores its checkpoints must carry the same adapters."""
-    from agentrl_jax.models.lora import lora_config  # noqa: PLC0415
-
     return lora_config(**run_settings(run_dir)["lora"])
 
 
@@ -169,7 +168,7 @@ def build_rows(start_model: Optional[str], runs: Mapping[str, str], steps, num_c
         cfg = run_settings(run_dir)
         rows.append(Row(name, str(cfg.get("model_path", start_model)), str(cfg.get("domain", cfg.get("env_name"))),
                         bool(cfg.get("thinking", True)), cfg["augmentation"], run_dir,
-                        tuple(select_steps(run_steps(run_dir), steps, num_checkpoints)), run_lora(run_dir)))
+                        tuple(select_steps(run_steps(run_dir), steps, num_checkpoints)), lora_config(**cfg["lora"])))
     if not rows:
         raise ValueError("nothing to evaluate: set evaluate.start_model (a Hugging Face folder or 'tiny') and/or "
                          "evaluate.runs = {'<row name>': '<train.output_dir>'}.")
@@ -275,8 +274,6 @@ class PolicyCache:
 
     def model(self, model_path: str, lora_settings=None):
         """(graphdef, params, shardings, tokenizer) of a model folder, with a run's LoRA adapters when given."""
-        from agentrl_jax.models.lora import LoRAConfig  # noqa: PLC0415
-
         lora_settings = lora_settings or LoRAConfig()  # the starting model: no adapters, whatever gin says
         key = (model_path, lora_settings)
         if key not in self._models:

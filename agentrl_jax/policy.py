@@ -18,9 +18,11 @@ from flax import nnx
 
 from agentrl_jax.models import CausalLM, ValueHead, load_pretrained
 from agentrl_jax.models.decoder import compute_params, needs_cast
+from agentrl_jax.models import lora
 from agentrl_jax.models.lora import add_adapters, lora_config
 from agentrl_jax.models.tiny import ensure_tiny_folder
 from agentrl_jax.rl import logprobs_from_hidden_fn
+from agentrl_jax.sharding import abstract_with_shardings
 
 TINY = "tiny"
 
@@ -84,9 +86,6 @@ def restore_checkpoint_params(checkpointer, step: int, params, shardings):
     the whole state after full fine-tuning; after LoRA (the params carry adapters, built with the run's
     `lora.*`), the adapters the run saved, joined to the frozen base it never changed. The value head and
     optimizer state in the checkpoint are not read."""
-    from agentrl_jax.models import lora  # noqa: PLC0415
-    from agentrl_jax.sharding import abstract_with_shardings  # noqa: PLC0415
-
     if not lora.has_adapters(params):
         return checkpointer.restore_params(step, abstract_with_shardings(params, shardings))
     (adapters, base), adapter_sh = lora.split_trainable(params), lora.split_trainable(shardings)[0]

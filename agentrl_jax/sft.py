@@ -47,7 +47,7 @@ def sokoban_expert_samples(env: sk.Sokoban, prompter: SokobanPrompter, num_level
     step = jax.jit(env.step)
     stop = prompter.chat.stop_ids[0]
     p, n = prompter.max_prompt_tokens, max_response_tokens
-    rows: List[tuple] = []
+    records: List[dict] = []
     for i in range(num_levels):
         state = jax.tree.map(lambda x: x[i], states)
         plan = sk.solve(sk.level_from_state(state))
@@ -59,11 +59,10 @@ def sokoban_expert_samples(env: sk.Sokoban, prompter: SokobanPrompter, num_level
                 action = int(rng.integers(len(sk.ACTION_WORDS)))
             prompt = prompter.host_prompt_ids(state, prev, prev_action, t, augment=False)  # expert data: plain
             answer = prompter.encode(expert_answer(action, prompter.thinking, state)) + [stop]
-            rows.append((prompt, answer[:n]))
+            records.append(sft_data.record("sokoban", i, t, prompt, answer, f"sokoban:{data}"))
             # The next prompt's history shows exactly the trained answer and the board it led to.
             prev, prev_action = state, action
             state, ts = step(state, action)
             if bool(ts.done):
                 break
-    records = [sft_data.record("sokoban", None, 0, prompt, answer, f"sokoban:{data}") for prompt, answer in rows]
     return sft_data.pack(records, p, n, prompter.pad_id)

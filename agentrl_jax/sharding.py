@@ -155,12 +155,15 @@ def batch_sharding(mesh: Mesh, rules: Rules = DEFAULT_RULES, accum: bool = False
     return NamedSharding(mesh, PartitionSpec(None, *spec) if accum else spec)
 
 
+def batch_axes(mesh: Mesh, rules: Rules = DEFAULT_RULES) -> Tuple[str, ...]:
+    """The mesh axes (of size > 1) the ``batch`` rule shards the batch dim over, in order."""
+    (axes,) = partitioning.logical_to_spec(("batch",), rules, mesh) or (None,)
+    return () if axes is None else (axes,) if isinstance(axes, str) else tuple(axes)
+
+
 def batch_divisor(mesh: Mesh, rules: Rules = DEFAULT_RULES) -> int:
     """The global batch size must be a multiple of this (the product of the batch mesh axes)."""
-    (axes,) = partitioning.logical_to_spec(("batch",), rules, mesh) or (None,)
-    if axes is None:
-        return 1
-    return math.prod(mesh.shape[a] for a in ((axes,) if isinstance(axes, str) else axes))
+    return math.prod(mesh.shape[a] for a in batch_axes(mesh, rules))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -324,20 +327,16 @@ def _check_batch(batch: Any, divisor: int, accum_steps: int) -> None:
                 f"use a multiple of {divisor}."
             )
 
-
-
 def _replica_batch_axes(mesh: Mesh, rules, param_shardings) -> Tuple[str, ...]:
     """The leading mesh axes of the batch rule that shard no parameter (pure replicas, e.g. ``data``): their
     gradient reduction can wait until the end of an accumulation scan. Only a leading run of the batch axes
     qualifies, so splitting a micro-batch into one group per replica moves no data."""
-    (axes,) = partitioning.logical_to_spec(("batch",), rules, mesh) or (None,)
-    axes = () if axes is None else (axes,) if isinstance(axes, str) else tuple(axes)
     used = set()
     for sh in jax.tree.leaves(param_shardings, is_leaf=lambda x: isinstance(x, NamedSharding)):
         for entry in sh.spec:
             used.update((entry,) if isinstance(entry, str) else tuple(entry or ()))
     lead = []
-    for a in axes:
+    for a in batch_axes(mesh, rules):
         if a in used:
             break
         lead.append(a)
@@ -355,6 +354,13 @@ def _rules_without(rules, axes: Sequence[str]):
             target = None if not kept else kept[0] if len(kept) == 1 else kept
         out.append((name, target))
     return tuple(out)
+
+
+def _with_leading_axis(shardings: Any, mesh: Mesh, axes: Tuple[str, ...]) -> Any:
+    """Each sharding with a new leading dim split over `axes` (a carry holding one value per replica group)."""
+    lead = axes[0] if len(axes) == 1 else axes
+    return jax.tree.map(lambda sh: NamedSharding(mesh, PartitionSpec(lead, *sh.spec)), shardings)
+
 
 def make_train_step(
     loss_fn: LossFn,
@@ -415,6 +421,12 @@ def make_train_step(
     replica_axes = _replica_batch_axes(mesh, rules, shardings.params) if accum_steps > 1 else ()
     groups = math.prod(mesh.shape[a] for a in replica_axes)
     inner_rules = _rules_without(rules, replica_axes)
+    # With G > 1 groups the carry holds [G, ...] per-group sums; "mean": each group's loss is a mean over its
+    # (equal) share of the rows, so the groups average too.
+    lead, group_scale, carry_sh = (), 1.0, shardings.params
+    if groups > 1:
+        lead, carry_sh = (groups,), _with_leading_axis(shardings.params, mesh, replica_axes)
+        group_scale = 1.0 if accumulate == "sum" else 1.0 / groups
 
     def grouped_grad_fn(params, micro, key, frozen=None):
         """grad_fn per replica group: (loss [G], aux [G], grads [G, ...]) for a micro-batch split in G groups."""
@@ -427,32 +439,24 @@ def make_train_step(
 
         return jax.vmap(one, spmd_axis_name=replica_axes)(split, keys)
 
+    micro_grad_fn = grouped_grad_fn if groups > 1 else grad_fn
+
     def step(params, opt_state, batch, key, frozen=None):
         with partitioning.axis_rules(mesh, rules):
             if accum_steps == 1:
                 loss, aux, grads = grad_fn(params, batch, key, frozen)
             else:
-                lead = (groups,) if groups > 1 else ()
-                # "mean": each group's loss is a mean over its (equal) share of rows, so groups average too.
-                group_scale = 1.0 if accumulate == "sum" or groups == 1 else 1.0 / groups
-                carry_sh = jax.tree.map(lambda sh: NamedSharding(mesh, PartitionSpec(
-                    replica_axes if len(replica_axes) > 1 else replica_axes[0], *sh.spec)), shardings.params) \
-                    if groups > 1 else shardings.params
-
                 def body(carry, xs):
                     g_sum, l_sum, a_sum = carry
                     i, micro = xs
-                    k = jax.random.fold_in(key, i)
-                    loss, aux, g = (grouped_grad_fn(params, micro, k, frozen) if groups > 1
-                                    else grad_fn(params, micro, k, frozen))
+                    loss, aux, g = micro_grad_fn(params, micro, jax.random.fold_in(key, i), frozen)
                     g_sum = jax.tree.map(lambda s, x: s + x.astype(s.dtype), g_sum, g)
                     g_sum = jax.lax.with_sharding_constraint(g_sum, carry_sh)
                     a_sum = jax.tree.map(lambda s, x: s + x, a_sum, aux)
                     return (g_sum, l_sum + loss, a_sum), None
 
                 first = jax.tree.map(lambda x: x[0], batch)
-                aux_shape = jax.eval_shape(
-                    lambda: (grouped_grad_fn if groups > 1 else grad_fn)(params, first, key, frozen)[1])
+                aux_shape = jax.eval_shape(lambda: micro_grad_fn(params, first, key, frozen)[1])
                 zeros_g = jax.tree.map(
                     lambda p: jnp.zeros(lead + p.shape, jnp.promote_types(p.dtype, jnp.float32)), params)
                 zeros_g = jax.lax.with_sharding_constraint(zeros_g, carry_sh)
