@@ -7,7 +7,7 @@ from transformers import AutoTokenizer
 import envs.sokoban as sk
 from agentrl_jax.chat import ChatFormat, parse_action_text
 from agentrl_jax.models.tiny import ensure_tiny_folder
-from agentrl_jax.sft import sokoban_expert_samples
+from agentrl_jax.expert_data import sokoban_expert_samples
 from agentrl_jax.sokoban_prompt import SokobanPrompter
 
 

@@ -20,7 +20,7 @@ from agentrl_jax import heldout
 from agentrl_jax.domains.base import (HELD_OUT_STREAM, SFT_VALIDATION_STREAM, TRAIN_STREAM, Domain, Tasks, register,
                                       stream_keys, stream_seeds)
 from agentrl_jax.rollout import SokobanHostTask, sokoban_device_rollout
-from agentrl_jax.sft import sokoban_expert_samples
+from agentrl_jax.expert_data import sokoban_expert_samples
 from agentrl_jax.sokoban_prompt import SokobanPrompter
 
 SPLIT_STREAMS = {"heldout": HELD_OUT_STREAM, "sft_validation": SFT_VALIDATION_STREAM}

@@ -1,4 +1,4 @@
-"""Expert data and supervised warm-up (SFT) before RL.
+"""Expert data for SFT: state->action records per domain, in exactly the prompt layout RL uses.
 
 For the JAX Sokoban, expert episodes come from the optimal BFS solver; every step becomes one
 (prompt ids, answer ids) sample built with the same `SokobanPrompter` pieces the rollout uses, so the
