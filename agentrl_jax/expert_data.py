@@ -221,23 +221,28 @@ def _template_objects(action: str, templates: Sequence[str]) -> Optional[tuple]:
     return None
 
 
+SCIWORLD_ALIASES = ("go to OBJ",)
+
+
 def sciworld_reason(task: str, observation: str, action: str, templates: Sequence[str]) -> str:
     """The task's first sentence, the template the action fills and its objects, the objects the task names;
     a number answering an ambiguous request names the option it picks."""
     from envs.sciworld import DEFAULT_TEMPLATES, _ambiguous_options  # noqa: PLC0415
 
     first = re.split(r"(?<=\.)\s", task.strip(), maxsplit=1)[0]
-    parts = [f"The task is: {first}"]
+    first = re.sub(r"^your task is to\s+", "", first, flags=re.IGNORECASE)
+    parts = [f"My task is to {first[:1].lower() + first[1:]}"]
     options = _ambiguous_options(observation)
     if options is not None and re.fullmatch(r"\d+", action) and int(action) < len(options):
         parts.append(f"My last request was ambiguous; option {action} is {options[int(action)]}.")
         return " ".join(parts)
-    found = _template_objects(action, templates or DEFAULT_TEMPLATES)
+    # "go to X" is the simulator's spelling of the template "go OBJ" with X
+    found = _template_objects(action, [*(templates or DEFAULT_TEMPLATES), *SCIWORLD_ALIASES])
     if found is None or not found[1]:
         parts.append(f"Next I {action}.")
         return " ".join(parts)
-    tpl, objects = found
-    parts.append(f"Next I {action}: the action \"{tpl}\" with {_listing([f'OBJ = {o}' for o in objects])}.")
+    objects = found[1]
+    parts.append(f"Next I {action}, acting on {_listing(objects)}.")
     named = [o for o in objects if o.lower() in task.lower()]
     if named:
         parts.append(f"The task names {_listing(named)}.")
