@@ -39,6 +39,7 @@ import envs.sokoban as sk
 from envs.sokoban.level import MOVES
 from agentrl_jax import sft_data
 from agentrl_jax.chat import parse_action_text
+from agentrl_jax.rollout import _jitted_env_fns
 from agentrl_jax.sokoban_prompt import SokobanPrompter
 
 log = _pylogging.getLogger("agentrl_jax.expert_data")
@@ -137,8 +138,8 @@ def sokoban_expert_records(env: sk.Sokoban, prompter: SokobanPrompter, num_level
     rng = np.random.default_rng(seed)
     if keys is None:  # level keys (e.g. filtered against held-out levels by the caller)
         keys = jax.random.split(jax.random.PRNGKey(seed), num_levels)
-    states, _ = jax.jit(jax.vmap(env.reset))(keys)
-    step = jax.jit(env.step)
+    reset, step = _jitted_env_fns(env)  # the host rollout's compiled programs, compiled once per env
+    states = reset(keys)
     stop = prompter.chat.stop_ids[0]
     tok = prompter.chat.tokenizer
     rationale = expert_rationale()

@@ -20,6 +20,7 @@ from agentrl_jax.chat import ChatFormat, parse_action_text
 from agentrl_jax.models.tiny import ensure_tiny_folder
 
 HAVE_JAVA = shutil.which("java") is not None
+GIN = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "gin")
 TEXT = {  # small pools (1 worker x 2 envs), the study's step limits and prompt buffers
     "alfworld": dict(num_workers=1, envs_per_worker=2, max_prompt_tokens=1024),
     "sciworld": dict(num_workers=1, envs_per_worker=2, max_prompt_tokens=2048),
@@ -44,8 +45,16 @@ def make_domain(tok):
     def get(name, thinking):
         if (name, thinking) not in built:
             chat = ChatFormat.from_tokenizer(tok, thinking=thinking)
-            built[(name, thinking)] = registry.make_domain(name, chat=chat, seed=0, num_eval_tasks=4,
-                                                           **TEXT.get(name, {}))
+            if name == "sokoban":  # the CPU runs' small Sokoban, read by the constructor only
+                gin.add_config_file_search_path(GIN)
+                with gin.unlock_config():
+                    gin.parse_config_files_and_bindings([os.path.join(GIN, "envs", "sokoban_easy.gin")], [],
+                                                        skip_unknown=True)
+            try:
+                built[(name, thinking)] = registry.make_domain(name, chat=chat, seed=0, num_eval_tasks=4,
+                                                               **TEXT.get(name, {}))
+            finally:
+                gin.clear_config()
         return built[(name, thinking)]
 
     yield get
@@ -350,6 +359,7 @@ def test_alfworld_rollout_sees_the_expert_first_prompts(make_domain, expert, tok
 def test_cli_writes_expert_and_rollout_files(tmp_path):
     expert_out, rollout_out = str(tmp_path / "e.jsonl"), str(tmp_path / "r.jsonl")
     common = ["--gin_file=gin/experiments/sokoban_tiny_cpu.gin", "--gin_bindings=train.rollout_mode = 'host'",
+              "--gin_bindings=train.eval_episodes = 4",
               "--domain=sokoban", "--num_tasks=2", "--seed=1"]
     try:
         gin.clear_config()
