@@ -25,6 +25,13 @@ CLI (one JSONL file, `sft_data.write_jsonl`):
 """
 from __future__ import annotations
 
+if __name__ == "__main__":  # `python -m agentrl_jax.expert_data`: run the package module's CLI, so that gin
+    # knows one `expert_rationale` (a second copy under `__main__` would make its bindings ambiguous).
+    from agentrl_jax.expert_data import main as _main
+
+    _main()
+    raise SystemExit(0)
+
 import argparse
 import logging as _pylogging
 import re
@@ -512,6 +519,3 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         raise SystemExit(f"error: {e}") from None
     print(f"wrote {len(records)} records to {args.out}")
 
-
-if __name__ == "__main__":
-    main()

@@ -141,7 +141,7 @@ def test_sokoban_records_are_the_rollout_prompts_and_solve(make_domain, expert, 
 
 def test_sokoban_format_data_claims_no_optimality(make_domain, tok):
     domain = make_domain("sokoban", True)
-    records = domain.expert_records(2, SEED, "format")
+    records = domain.expert_records(3, SEED, "format")
     assert records and {r["source"] for r in records} == {"sokoban:format"}
     assert not any("shortest" in r["answer_text"] for r in records)
     with pytest.raises(ValueError, match="solver"):
@@ -225,7 +225,7 @@ def test_gin_rationale_none_gives_empty_think_blocks(make_domain, tok):
     with gin.unlock_config():
         gin.bind_parameter("expert_rationale.kind", "none")
     try:
-        records = domain.expert_records(2, SEED)
+        records = domain.expert_records(3, SEED)
     finally:
         gin.clear_config()
     assert records
