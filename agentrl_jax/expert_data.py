@@ -469,7 +469,8 @@ def write_records(args: argparse.Namespace) -> List[dict]:
         raise ValueError(f"--num_tasks must be >= 1, got {args.num_tasks}.")
     registry.domain_class(args.domain)
     step = None if args.step in (None, "latest") else int(args.step)
-    thinking = bool(_gin_value("train.thinking", True))
+    # The run's own layer (train.*), else the macros the model and thinking files set (MODEL_PATH, THINKING).
+    thinking = bool(_gin_value("train.thinking", _gin_value("%THINKING", True)))
     if args.source == "rollout":
         graphdef, params, tokenizer, thinking, source = load_rollout_policy(args.run_dir, step, args.model_path,
                                                                             thinking)
@@ -477,10 +478,10 @@ def write_records(args: argparse.Namespace) -> List[dict]:
         if args.run_dir is not None:
             raise ValueError("--run_dir is for --source=rollout; expert data needs only a tokenizer (--model_path "
                              "or the gin file's train.model_path).")
-        model_path = args.model_path or _gin_value("train.model_path", None)
+        model_path = args.model_path or _gin_value("train.model_path", None) or _gin_value("%MODEL_PATH", None)
         if not model_path:
             raise ValueError("expert data needs the policy's tokenizer: pass --model_path or a gin file that binds "
-                             "train.model_path (e.g. gin/models/tiny.gin with MODEL_PATH).")
+                             "MODEL_PATH or train.model_path (e.g. gin/models/tiny.gin).")
         tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(model_path))
     chat = ChatFormat.from_tokenizer(tokenizer, thinking=thinking)
     # The run's seed and held-out size: Sokoban's expert levels avoid exactly the run's held-out levels.
