@@ -363,14 +363,17 @@ def text_expert_records(domain, num_tasks: int, seed: int, data: str = "expert")
 
 
 # ------------------------------------------------------------------------------------------- rollouts
-def step_batch_records(batch, task_ids: Sequence[Any], tokenizer, domain: str, source: str) -> List[dict]:
-    """Records of every played turn of a window-mode `StepBatch`: the prompt without its padding, the
-    generated ids (the stop id included where generation stopped on it), and their texts."""
+def step_batch_records(batch, task_ids: Sequence[Any], tokenizer, domain: str, source: str,
+                       keep: Optional[Sequence[bool]] = None) -> List[dict]:
+    """Records of every played turn of a window-mode `StepBatch` (of the episodes `keep` marks, default all):
+    the prompt without its padding, the generated ids (the stop id included where generation stopped on it),
+    and their texts."""
     prompt_ids, prompt_mask = np.asarray(batch.prompt_ids), np.asarray(batch.prompt_mask)
     resp_ids, resp_mask = np.asarray(batch.response_ids), np.asarray(batch.response_mask)
     valid, cut = np.asarray(batch.valid, bool), np.asarray(batch.response_truncated, bool)
+    keep = np.ones(valid.shape[0], bool) if keep is None else np.asarray(keep, bool)
     out = []
-    for e in range(valid.shape[0]):
+    for e in np.flatnonzero(keep):
         for t in np.flatnonzero(valid[e]):
             prompt = prompt_ids[e, t][prompt_mask[e, t] == 1]
             answer = resp_ids[e, t][resp_mask[e, t] == 1]
@@ -383,7 +386,8 @@ def step_batch_records(batch, task_ids: Sequence[Any], tokenizer, domain: str, s
 def rollout_records(domain, graphdef, params, tokenizer, num_episodes: int, seed: int, settings,
                     config=None, source: str = "rollout") -> List[dict]:
     """The policy's own episodes on `domain.sft_tasks(num_episodes, seed)`, every turn a record, unfiltered
-    (failed episodes and invalid answers included). Sampling key PRNGKey(seed); config: the generation settings
+    (failed episodes and invalid answers included; only episodes lost to the env machinery, a worker crash or a
+    timeout, are left out, as the learner leaves them out). Sampling key PRNGKey(seed); config: the generation settings
     (None = temperature 1.0, RL's sampling, at the domain's answer length or 512 tokens). Window mode only
     (a record is one state->action sample)."""
     from agentrl_jax import generate as gen  # noqa: PLC0415
@@ -400,7 +404,8 @@ def rollout_records(domain, graphdef, params, tokenizer, num_episodes: int, seed
     for batch, stats in parts:
         n = int(np.asarray(stats.success).shape[0])
         ids = [int(s) for s in tasks.seeds[offset: offset + n]]
-        records += step_batch_records(jax.device_get(batch), ids, tokenizer, domain.name, source)
+        lost = np.asarray(stats.lost, bool)
+        records += step_batch_records(jax.device_get(batch), ids, tokenizer, domain.name, source, keep=~lost)
         offset += n
     return records
 
