@@ -203,7 +203,9 @@ class Domain(abc.ABC):
             batch, stats = self.device_rollout(graphdef, params, config, dataclasses.replace(tasks, keys=keys), key,
                                                settings.invalid_penalty)
             return hosts.to_local(batch), hosts.to_local(stats)
-        task = self.host_task(tasks, key)
+        # Each process's distractor coins come from its own key (the same key would repeat one block's coins on
+        # every process); generation keeps the shared key: its program is one collective program.
+        task = self.host_task(tasks, key if hosts is None else jax.random.fold_in(np.asarray(key), hosts.position))
         if settings.prompt_mode == "conversation":
             if hosts is not None:
                 raise ValueError("prompt_mode='conversation' runs in one process only so far; use prompt_mode "
