@@ -73,7 +73,8 @@ def _saved_params(out_dir, step):
     path = os.path.join(out_dir, "checkpoints", str(step), "state")
     ckptr = ocp.PyTreeCheckpointer()
     meta = ckptr.metadata(path)
-    meta = getattr(getattr(meta, "item_metadata", meta), "tree", meta)
+    meta = getattr(meta, "item_metadata", meta)
+    meta = getattr(meta, "tree", meta)
     state = ckptr.restore(path, restore_args=jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), meta))
     return {jax.tree_util.keystr(p): np.asarray(x) for p, x in jax.tree_util.tree_leaves_with_path(state["params"])}
 
