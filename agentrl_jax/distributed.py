@@ -23,15 +23,17 @@ it, and exits with status 2 instead.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging as _pylogging
 import os
 import sys
 import threading
 import time
-from typing import Optional, Sequence, Union
+from typing import Any, Dict, Optional, Sequence, Tuple, Union
 
 import gin
 import jax
+import numpy as np
 
 log = _pylogging.getLogger(__name__)
 
@@ -181,3 +183,127 @@ def shutdown() -> None:
     """Leave the multi-process runtime (no-op when single process)."""
     if jax.distributed.is_initialized():
         jax.distributed.shutdown()
+
+
+# ----------------------------------------------------------------------------------- a process's share
+@dataclasses.dataclass(frozen=True)
+class HostShare:
+    """How the processes of a multi-process job split a batch of episodes and samples (None in one process).
+
+    Every process sees the same global task list (a function of (seed, step)); process at position q of the
+    mesh's batch axes plays the contiguous block q of it (`rows`), steps only those episodes, and feeds only
+    its own rows to the global programs (`to_global`: generation, scoring, the train step), reading back only
+    its own rows (`to_local`). Whole-batch quantities (group baselines, metrics) come from small all-gathers
+    (`gather`, `sum`), in position order, so a gathered array is in the single-process episode order.
+    """
+
+    mesh: Any
+    rules: Any
+    count: int  # processes
+    position: int  # this process's block along the batch axes
+    order: Tuple[int, ...]  # process index at each position
+
+    @classmethod
+    def for_mesh(cls, mesh, rules) -> Optional["HostShare"]:
+        """The share of this process on `mesh` (batch over the `batch` rule's axes); None with one process."""
+        if jax.process_count() == 1:
+            return None
+        from agentrl_jax import sharding  # noqa: PLC0415  (sharding imports nothing from here)
+
+        divisor = sharding.batch_divisor(mesh, rules)
+        rows = sharding.batch_sharding(mesh, rules).devices_indices_map((divisor,))
+        owner = {}
+        for d, idx in rows.items():
+            owner.setdefault(idx[0].start or 0, set()).add(d.process_index)
+        if any(len(p) != 1 for p in owner.values()) or len({min(p) for p in owner.values()}) != jax.process_count():
+            raise ValueError(f"a {jax.process_count()}-process run needs the batch mesh axes "
+                             f"{sharding.batch_axes(mesh, rules)} (mesh {dict(mesh.shape)}) to span every process, "
+                             "each holding its own rows: set make_mesh.fsdp (or make_mesh.data) to cover the hosts.")
+        by_start = [next(iter(owner[s])) for s in sorted(owner)]
+        order = tuple(dict.fromkeys(by_start))
+        per = divisor // len(order)
+        if by_start != [p for p in order for _ in range(per)]:
+            raise ValueError(f"the batch mesh axes interleave the processes' devices (rows owned {by_start}); "
+                             "build the mesh so each process holds one contiguous block of the batch.")
+        return cls(mesh, tuple(rules), len(order), order.index(jax.process_index()), order)
+
+    # ------------------------------------------------------------------ which rows
+    def check_divides(self, total: int, what: str) -> None:
+        if total % self.count:
+            raise ValueError(f"{what}: {total} episodes do not split evenly over {self.count} processes; use a "
+                             f"multiple of {self.count}.")
+
+    def rows(self, total: int, what: str = "batch") -> np.ndarray:
+        """This process's rows of a batch of `total` (its contiguous block)."""
+        self.check_divides(total, what)
+        per = total // self.count
+        return np.arange(self.position * per, (self.position + 1) * per)
+
+    def quantum(self) -> int:
+        """Rows a process adds to a global batch come in multiples of this (data*fsdp / processes)."""
+        from agentrl_jax import sharding  # noqa: PLC0415
+
+        return sharding.batch_divisor(self.mesh, self.rules) // self.count
+
+    def padded(self, n_local: int) -> int:
+        q = self.quantum()
+        return max(q, -(-n_local // q) * q)
+
+    # ------------------------------------------------------------------ global arrays <-> own rows
+    def batch_sharding(self, accum: bool = False):
+        from agentrl_jax import sharding  # noqa: PLC0415
+
+        return sharding.batch_sharding(self.mesh, self.rules, accum=accum)
+
+    def to_global(self, tree, accum: bool = False):
+        """Each process's own rows (equal counts, a multiple of `quantum()`) stitched into global arrays,
+        batch dim over the batch axes."""
+        sh = self.batch_sharding(accum)
+        return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sh, np.asarray(x)), tree)
+
+    def to_local(self, tree):
+        """This process's rows (numpy) of global arrays whose leading dim is the batch: resharded over the
+        batch axes first, so it works whatever sharding the program that made them chose."""
+        sh = self.batch_sharding()
+        leaves, treedef = jax.tree.flatten(tree)
+        moved = _reshard(tuple(leaves), sh)
+        return jax.tree.unflatten(treedef, [_own_rows(x) for x in moved])
+
+    # ------------------------------------------------------------------ whole-batch quantities
+    def gather(self, x) -> np.ndarray:
+        """Every process's equal-shaped `x`, concatenated along dim 0 in batch (position) order."""
+        from jax.experimental import multihost_utils  # noqa: PLC0415
+
+        stacked = np.asarray(multihost_utils.process_allgather(np.asarray(x)))  # [processes, ...], index order
+        return np.concatenate([stacked[p] for p in self.order], axis=0)
+
+    def gather_ragged(self, x) -> np.ndarray:
+        """`gather` for arrays whose leading dims differ between processes."""
+        x = np.asarray(x)
+        sizes = self.gather(np.array([x.shape[0]], np.int64))
+        pad = np.zeros((int(sizes.max()),) + x.shape[1:], x.dtype)
+        pad[: x.shape[0]] = x
+        parts = self.gather(pad[None])
+        return np.concatenate([parts[i][: sizes[i]] for i in range(self.count)], axis=0)
+
+    def sum(self, values: Dict[str, float]) -> Dict[str, float]:
+        """Per-key sums over the processes (every process passes the same keys)."""
+        keys = sorted(values)
+        total = self.gather(np.array([[float(values[k]) for k in keys]], np.float64)).sum(0)
+        return dict(zip(keys, (float(v) for v in total)))
+
+    def any(self, flag: bool) -> bool:
+        return bool(self.gather(np.array([bool(flag)])).any())
+
+
+@functools.partial(jax.jit, static_argnums=1)
+def _reshard(leaves, sharding):
+    return jax.lax.with_sharding_constraint(leaves, sharding)
+
+
+def _own_rows(x) -> np.ndarray:
+    """The rows of a batch-sharded global array that this process's devices hold, in order."""
+    parts = {}
+    for s in x.addressable_shards:
+        parts.setdefault(s.index[0].start or 0, s.data)
+    return np.concatenate([np.asarray(parts[k]) for k in sorted(parts)], axis=0)

@@ -220,3 +220,67 @@ def sft_loss(policy: Policy, mb: Dict[str, jax.Array], key, *, prompt_len: int,
     mask = mb["response_mask"] * mb["weight"][:, None]
     nll = -rl.masked_mean(lp, mask, count=_counts(mb)[0].tokens)
     return nll, {"nll": nll}
+
+
+# ------------------------------------------------------------------------------------ several processes
+def _rows(samples: Dict[str, np.ndarray], idx: np.ndarray, size: int) -> Tuple[Dict[str, np.ndarray], np.ndarray]:
+    """`size` rows of `samples` at `idx` padded with zero-weight copies (all-zero rows, attention on, when
+    this process has no samples at all); and the weight [size] (1 = a real row)."""
+    weight = np.zeros(size, np.float32)
+    weight[: len(idx)] = 1.0
+    s = len(next(iter(samples.values())))
+    if s == 0:
+        rows = {k: np.zeros((size,) + v.shape[1:], v.dtype) for k, v in samples.items()}
+        if "attn" in rows:
+            rows["attn"][:] = 1  # a padding row attends somewhere (no empty softmax)
+        return rows, weight
+    if len(idx) < size:
+        idx = np.concatenate([idx, np.resize(idx if len(idx) else np.arange(s), size - len(idx))])
+    return {k: v[idx] for k, v in samples.items()}, weight
+
+
+def process_minibatches(samples: Dict[str, np.ndarray], size: int, rng: np.random.Generator,
+                        hosts) -> Iterator[Dict[str, np.ndarray]]:
+    """`minibatches` of a multi-process run (`distributed.HostShare`): `samples` are this process's own; each
+    process gives every minibatch `size / processes` rows of its samples (shuffled by `rng`), so a minibatch
+    is stratified over the processes' episodes. Every process yields the same number of minibatches (set by
+    the process with most samples; a process with fewer pads with zero-weight rows), and the counts the loss
+    normalises by (`with_counts`) are the whole minibatch's, summed over the processes. When each process's
+    samples fit in one share (one minibatch per epoch), the minibatch holds the same samples as a
+    single-process run's and the update is the same."""
+    if size % hosts.count or (size // hosts.count) % hosts.quantum():
+        raise ValueError(f"train.minibatch_size={size} must split into {hosts.count} equal per-process shares "
+                         f"that are multiples of {hosts.quantum()} (a multiple of the data*fsdp mesh size).")
+    share = size // hosts.count
+    s = len(next(iter(samples.values())))
+    most = int(hosts.gather(np.array([s])).max())
+    order = rng.permutation(s)
+    for start in range(0, most, share):
+        mb, weight = _rows(samples, order[start: start + share], share)
+        mb["weight"] = weight
+        if "response_mask" not in mb:
+            yield mb
+            continue
+        mine = with_counts(mb)
+        total = hosts.sum({k: float(mine[k][0]) for k in COUNT_KEYS})
+        yield dict(mb, **{k: np.full(share, total[k], np.float32) for k in COUNT_KEYS})
+
+
+def score_process_samples(score_fn, params, samples: Dict[str, np.ndarray], micro_batch_size: int,
+                          hosts) -> Dict[str, np.ndarray]:
+    """`Trainer._score_all` of a multi-process run: every process scores its own samples, `micro / processes`
+    rows per global micro-batch (the same number of micro-batches everywhere); `score_fn(params, mb)` returns
+    replicated outputs, of which a process keeps its own rows."""
+    share = hosts.padded(max(micro_batch_size // hosts.count, 1))
+    s = len(samples["ids"])
+    most = int(hosts.gather(np.array([s])).max())
+    outs: Dict[str, list] = {}
+    for start in range(0, most, share):
+        idx = np.arange(start, min(start + share, s))
+        mb, _ = _rows({k: samples[k] for k in ("ids", "attn")}, idx, share)
+        res = score_fn(params, hosts.to_global(mb))
+        mine = slice(hosts.position * share, (hosts.position + 1) * share)
+        for k, v in res.items():
+            outs.setdefault(k, []).append(np.asarray(v)[mine][: len(idx)])
+    return {k: np.concatenate(v) for k, v in outs.items()} if outs else {
+        "logprobs": np.zeros((0,) + samples["response_mask"].shape[1:], np.float32)}

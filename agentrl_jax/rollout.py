@@ -266,11 +266,15 @@ class HostTask(Protocol):
 
 def host_rollout(graphdef, params, task: HostTask, config: gen.GenerationConfig, key: jax.Array, tokenizer,
                  max_prompt_tokens: int, invalid_penalty: float = -0.1, batch_buckets: Sequence[int] = (),
-                 timings: Optional[Dict[str, float]] = None) -> Tuple[StepBatch, EpisodeStats]:
+                 timings: Optional[Dict[str, float]] = None, hosts=None) -> Tuple[StepBatch, EpisodeStats]:
     """Drive `task` turn by turn from Python. Only unfinished episodes are generated for (compacted into a
     batch bucket whose padding rows are inactive), so finished ones stop costing compute. Returns numpy
     `StepBatch` / `EpisodeStats`. timings (if given) accumulates "generate" and "env" seconds and
-    "decode_steps" (decode-loop iterations, summed over turns)."""
+    "decode_steps" (decode-loop iterations, summed over turns).
+
+    hosts (a multi-process run's `distributed.HostShare`): `task` is this process's share. The processes
+    generate in lockstep, one global program per turn (each feeding its own rows, padded to one fixed size),
+    until no process has an unfinished episode."""
     e, t_max = task.num_episodes, task.max_turns
     p, n = max_prompt_tokens, config.max_new_tokens
     out = {
@@ -287,23 +291,30 @@ def host_rollout(graphdef, params, task: HostTask, config: gen.GenerationConfig,
     buckets = sorted(set(batch_buckets) | {e})
     for t in range(t_max):
         active = np.flatnonzero(~done)
-        if active.size == 0:
+        if (active.size == 0) if hosts is None else not hosts.any(active.size > 0):
             break
         t0 = time.perf_counter()
         rows = [task.prompt_ids(int(i)) for i in active]
-        bsz = next(b for b in buckets if b >= active.size)
+        # Several processes: one shape for all (their programs are one collective program).
+        bsz = next(b for b in buckets if b >= active.size) if hosts is None else hosts.padded(e)
         ids = np.full((bsz, p), config.pad_id, np.int32)
         mask = np.zeros((bsz, p), np.int32)
         for j, r in enumerate(rows):
             kept = r[-p:]
             ids[j, p - len(kept):], mask[j, p - len(kept):] = kept, 1
             out["prompt_truncated"][active[j], t] = len(r) > p
-        row_active = jnp.arange(bsz) < active.size  # the bucket's padding rows must not keep the loop going
+        row_active = np.arange(bsz) < active.size  # the bucket's padding rows must not keep the loop going
         # cache None: the prefill program makes it (no eager cache and no model merge per turn).
-        res = gen.generate_jit(graphdef, params, jnp.asarray(ids), jnp.asarray(mask), None,
-                               jax.random.fold_in(key, t), config, row_active, cache_length=p + n)
-        tokens, lps = np.asarray(res.tokens), np.asarray(res.logprobs)
-        lengths, stopped = np.asarray(res.lengths), np.asarray(res.stopped)
+        if hosts is None:
+            res = gen.generate_jit(graphdef, params, jnp.asarray(ids), jnp.asarray(mask), None,
+                                   jax.random.fold_in(key, t), config, jnp.asarray(row_active), cache_length=p + n)
+            tokens, lps = np.asarray(res.tokens), np.asarray(res.logprobs)
+            lengths, stopped = np.asarray(res.lengths), np.asarray(res.stopped)
+        else:
+            g_ids, g_mask, g_active = hosts.to_global((ids, mask, row_active))
+            res = gen.generate_jit(graphdef, params, g_ids, g_mask, None, jax.random.fold_in(key, t), config,
+                                   g_active, cache_length=p + n)
+            tokens, lps, lengths, stopped = hosts.to_local((res.tokens, res.logprobs, res.lengths, res.stopped))
         t1 = time.perf_counter()
         answers = [_answer_text(tokenizer, tokens[j, : lengths[j]], stopped[j]) for j in range(active.size)]
         results = task.step(active.tolist(), answers, stopped[: active.size].tolist())

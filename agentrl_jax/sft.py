@@ -182,6 +182,8 @@ def sft(
     params = core.params
     step_fn, opt_state, o_sh = make_sft_step(core, tx, params, p, batch_size // micro)
     key = jax.random.PRNGKey(seed)
+    if jax.process_count() > 1:  # Orbax saves global arrays only when several processes checkpoint
+        key = jax.device_put(key, core.train_sh.replicated)
     checkpointer = ckpt.Checkpointer(os.path.join(output_dir, "checkpoints"), save_every=checkpoint_every,
                                      keep=keep_checkpoints)
     ckpt.install_preemption_handler()

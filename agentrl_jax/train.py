@@ -55,12 +55,13 @@ def _kept(stats) -> np.ndarray:
     return np.ones(n, bool) if lost is None else ~np.asarray(lost, bool)
 
 
-def _summarise(stats, batch) -> Dict[str, float]:
-    return _summarise_parts([(batch, stats)])
+def _summarise(stats, batch, hosts=None) -> Dict[str, float]:
+    return _summarise_parts([(batch, stats)], hosts)
 
 
-def _summarise_parts(parts) -> Dict[str, float]:
-    """Episode and turn metrics over one or several rollout calls of a domain, lost episodes left out."""
+def _summarise_parts(parts, hosts=None) -> Dict[str, float]:
+    """Episode and turn metrics over one or several rollout calls of a domain, lost episodes left out; with
+    several processes (`hosts`) over every process's episodes."""
     tot: Dict[str, float] = {}
 
     def add(k, v):
@@ -83,6 +84,8 @@ def _summarise_parts(parts) -> Dict[str, float]:
             add("prompt_truncated", (np.asarray(batch.prompt_truncated) & valid).sum())
         else:
             add("context_truncated", np.asarray(batch.context_truncated)[kept].sum())
+    if hosts is not None:
+        tot = hosts.sum(tot)
     n_ep, n_turns = max(tot["episodes"], 1.0), max(tot["turns"], 1.0)
     out = {
         "success_rate": tot["success"] / n_ep,
@@ -201,6 +204,8 @@ class Trainer(PolicyCore):
                                                top_p=top_p, top_k=top_k, stop_ids=stop, pad_id=self.pad_id)
         self.eval_config = gen.GenerationConfig(max_new_tokens=max_response_tokens, temperature=eval_temperature,
                                                 stop_ids=stop, pad_id=self.pad_id)
+        # Several processes: each plays its own block of every batch (None in one process).
+        self.hosts = distributed.HostShare.for_mesh(mesh, self.rules)
         self.accum_steps = 1
         self.ref_params = None  # set by train(): the policy at the start of RL, when the KL term is on
         self.domain = domains.make_domain(domain, chat=self.chat, seed=seed, num_eval_tasks=eval_episodes)
@@ -231,7 +236,7 @@ class Trainer(PolicyCore):
     @property
     def settings(self) -> domains.RolloutSettings:
         return domains.RolloutSettings(self.rollout_mode, self.prompt_mode, self.max_context_tokens,
-                                       self.invalid_penalty)
+                                       self.invalid_penalty, self.hosts)
 
     def all_domains(self) -> Dict[str, domains.Domain]:
         return {self.domain.name: self.domain, **self.eval_domains}
@@ -274,7 +279,7 @@ class Trainer(PolicyCore):
         parts = domain.rollout_chunks(self.graphdef, self._rollout_params(params), tasks, key,
                                       self.config_for(domain, self.eval_config),
                                       self.tokenizer, self.settings, timings=self.timings)
-        return {f"eval/{k}": v for k, v in _summarise_parts(parts).items()}
+        return {f"eval/{k}": v for k, v in _summarise_parts(parts, self.hosts).items()}
 
     def evaluate_all(self, params, step: int) -> Dict[str, float]:
         """The training domain's held-out metrics (`eval/...`) and every evaluation domain's
@@ -299,7 +304,9 @@ class Trainer(PolicyCore):
         flatten = learner.flatten_conversations if self.prompt_mode == "conversation" else learner.flatten_samples
         # Episodes lost to an env crash or timeout are out of the loss and out of their groups' baselines.
         keep = _kept(stats)
-        if not keep.any():
+        # Several processes: each holds its own episodes' samples; batch-wide statistics see every process's.
+        whole = self.hosts.gather_ragged if self.hosts is not None else (lambda x: x)
+        if not (keep.any() if self.hosts is None else self.hosts.any(keep.any())):
             raise EpisodesLost("every episode of the step was lost to env crashes or timeouts")
         samples, index = flatten(batch, keep=keep)
         scored = self._score_all(params, samples)
@@ -312,30 +319,35 @@ class Trainer(PolicyCore):
         if self.cfg.kl_in_reward and self.ref_params is not None:
             penalty = learner.kl_reward_penalty(samples, self.cfg.kl_coef, self.cfg.kl_estimator)
             reward_et, returns_e = learner.penalised_rewards(reward_et, returns_e, index, penalty)
-            metrics["kl_reward_penalty"] = float(penalty.mean())
+            metrics["kl_reward_penalty"] = float(whole(penalty).mean())
         if self.cfg.algorithm == "grpo":
-            samples["advantages"] = learner.grpo_step_advantages(returns_e, index, self.group_size,
-                                                                 self.cfg.grpo_normalize_std, self.cfg.grpo_eps,
-                                                                 present=keep)
+            # Group baselines over the whole batch (a group may straddle processes): this process's episodes
+            # are rows `offset`.. of it.
+            offset = 0 if self.hosts is None else self.hosts.position * len(keep)
+            samples["advantages"] = learner.grpo_step_advantages(whole(returns_e), index + [offset, 0],
+                                                                 self.group_size, self.cfg.grpo_normalize_std,
+                                                                 self.cfg.grpo_eps, present=whole(keep))
         else:
             values_et = np.zeros(np.asarray(batch.valid).shape, np.float32)
             values_et[index[:, 0], index[:, 1]] = scored["values"]
             adv, ret = learner.ppo_turn_advantages(reward_et, np.asarray(batch.valid), values_et, self.cfg.gamma,
                                                    self.cfg.lam)
             adv_s = adv[index[:, 0], index[:, 1]]
-            samples["advantages"] = (adv_s - adv_s.mean()) / (adv_s.std() + 1e-6)
+            samples["advantages"] = (adv_s - whole(adv_s).mean()) / (whole(adv_s).std() + 1e-6)
             samples["returns"] = ret[index[:, 0], index[:, 1]]
             samples["old_values"] = scored["values"]
             if self.cfg.value_clip is not None and self.cfg.value_clip_scale == "return_std":
-                std = float(samples["returns"].std())
+                std = float(whole(samples["returns"]).std())
                 clip = self.cfg.value_clip * (std if std > 0 else 1.0)
                 samples["value_clip"] = np.full(len(index), clip, np.float32)
                 metrics["vf_clip_range"] = clip
-            metrics["vf_explained_var"] = learner.explained_variance(samples["returns"], scored["values"])
+            metrics["vf_explained_var"] = learner.explained_variance(whole(samples["returns"]), whole(scored["values"]))
         return samples, metrics
 
     def _score_all(self, params, samples):
         """Old / reference log-probs (and values) of every sample, one training-sized micro-batch at a time."""
+        if self.hosts is not None:
+            return learner.score_process_samples(self._score, params, samples, self.micro_batch_size, self.hosts)
         outs: Dict[str, List[np.ndarray]] = {}
         s = len(samples["ids"])
         for mb in learner.minibatches({k: samples[k] for k in ("ids", "attn")}, self.micro_batch_size, None,
@@ -448,6 +460,8 @@ def train(
                                      keep=keep_checkpoints, best_metric="eval/success_rate")
     ckpt.install_preemption_handler()
     key = jax.random.PRNGKey(seed)
+    if tr.hosts is not None:  # several processes checkpoint global arrays only
+        key = jax.device_put(key, tr.train_sh.replicated)
     start_step = 0
     params = tr.params
     ref_params = None
@@ -495,7 +509,8 @@ def train(
             logger.scalars(step, tb_metrics(metrics))
             if sample_every and step % sample_every == 0:
                 logger.text(step, "samples/episode", _episode_text(tr.tokenizer, batch, stats, 0))
-                logger.histogram(step, "returns", np.asarray(stats.episode_return))
+                returns = np.asarray(stats.episode_return)
+                logger.histogram(step, "returns", returns if tr.hosts is None else tr.hosts.gather(returns))
             last = metrics
             state = dict(before, params=tr.saved_params(params), opt_state=opt_state)
             preempted = ckpt.preemption_requested(step)
@@ -559,33 +574,39 @@ def _rl_iteration(tr: Trainer, rl_step, step, params, opt_state, key, cfg: rl.RL
     # The minibatch order is a function of (seed, step), never of where a run was resumed.
     rng = np.random.default_rng([tr.seed, step])
     metrics_list = []
+    local = tr.hosts is not None  # several processes: each feeds its own samples' share of every minibatch
     for epoch in range(cfg.ppo_epochs):
-        for mb in learner.minibatches(samples, tr.minibatch_size, rng):
+        for mb in (learner.process_minibatches(samples, tr.minibatch_size, rng, tr.hosts) if local else
+                   learner.minibatches(samples, tr.minibatch_size, rng)):
             if _preempted_mid_step():
                 return None
-            params, opt_state, m = rl_step(params, opt_state, tr.shard(mb, tr.accum_steps),
+            params, opt_state, m = rl_step(params, opt_state, tr.shard(mb, tr.accum_steps, process_local=local),
                                            jax.random.fold_in(key, step * 1000 + epoch))
             metrics_list.append(m)
     jax.block_until_ready(params)  # the steps run asynchronously; time them to the end
     t2 = time.perf_counter()
     m = {k: float(np.mean([float(x[k]) for x in metrics_list])) for k in metrics_list[0]} if metrics_list else {}
     m.update(batch_metrics)
-    m.update(tr.domain.metrics())
+    m.update(tr.domain.global_metrics(tr.hosts))
     for d in tr.eval_domains.values():
         if d is not tr.domain:
-            m.update(d.metrics())
-    m.update(_summarise(stats, batch))
+            m.update(d.global_metrics(tr.hosts))
+    m.update(_summarise(stats, batch, tr.hosts))
     if tr.domain.augmentation.active:
         m.update(_richness_metrics(batch, stats, tr.tokenizer))
     m[f"env/{tr.domain.name}/crashed_episodes"] = m["lost_episodes"]
     gen_tokens = _generated_tokens(batch)
     env_steps = float(np.asarray(batch.valid).sum())
+    n_samples = float(len(samples["ids"]))
+    if tr.hosts is not None:  # the whole job's counts
+        gen_tokens, env_steps, n_samples = (tr.hosts.sum({"a": gen_tokens, "b": env_steps, "c": n_samples})[k]
+                                            for k in "abc")
     m.update({
         "time/rollout_s": t1 - t0, "time/update_s": t2 - t1,
         "time/generate_s": tr.timings.get("generate", t1 - t0), "time/env_s": tr.timings.get("env", 0.0),
         "throughput/generated_tokens_per_s": gen_tokens / max(t1 - t0, 1e-9),
         "throughput/env_steps_per_s": env_steps / max(t1 - t0, 1e-9),
-        "samples": float(len(samples["ids"])),
+        "samples": n_samples,
     })
     return params, opt_state, m, batch, stats
 

@@ -85,13 +85,14 @@ class PolicyCore:
         """`saved_params`' inverse: with LoRA, the trainable part joined to the frozen base."""
         return lora.join(self._frozen, saved) if self.lora else saved
 
-    def shard(self, minibatch: Dict[str, np.ndarray], accum_steps: int = 1):
+    def shard(self, minibatch: Dict[str, np.ndarray], accum_steps: int = 1, process_local: bool = False):
         """A host minibatch placed on the mesh, batch dim over (data, fsdp); with `accum_steps` > 1 reshaped
-        to [accum_steps, micro_batch, ...]."""
+        to [accum_steps, micro_batch, ...]. process_local: each process holds only its own rows of it."""
         if accum_steps > 1:
             minibatch = {k: v.reshape((accum_steps, -1) + v.shape[1:]) for k, v in minibatch.items()}
         # Host arrays go straight to their shards (no detour through one device).
-        return sharding.shard_batch({k: np.asarray(v) for k, v in minibatch.items()}, self.train_sh, accum_steps)
+        return sharding.shard_batch({k: np.asarray(v) for k, v in minibatch.items()}, self.train_sh, accum_steps,
+                                    process_local=process_local)
 
     def abstract_state(self, params, opt_state, opt_shardings, key, with_ref: bool = False) -> Dict:
         """The checkpointed state's shapes and shardings (RL and SFT save the same layout: params, opt_state,
@@ -99,7 +100,9 @@ class PolicyCore:
         abstract = {"params": sharding.abstract_with_shardings(self.saved_params(params),
                                                                self.saved_params(self.param_sh)),
                     "opt_state": sharding.abstract_with_shardings(opt_state, opt_shardings),
-                    "key": jax.ShapeDtypeStruct(key.shape, key.dtype)}
+                    # Several processes: the key is a replicated global array (Orbax saves no single-device one).
+                    "key": jax.ShapeDtypeStruct(key.shape, key.dtype, sharding=None if jax.process_count() == 1
+                                                else self.train_sh.replicated)}
         if with_ref:
             abstract["ref_params"] = abstract["params"]
         return abstract

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import logging as _pylogging
 from typing import Any, Callable, ClassVar, Dict, List, Optional, Sequence, Tuple, Type
 
 import jax
@@ -20,6 +21,8 @@ import numpy as np
 from agentrl_jax import augment as aug
 from agentrl_jax import generate as gen
 from agentrl_jax.rollout import host_conversation_rollout, host_rollout
+
+log = _pylogging.getLogger(__name__)
 
 # Key streams: 0 = training tasks, 1 = the fixed held-out set, 2 = the SFT warm-up's own validation set.
 TRAIN_STREAM, HELD_OUT_STREAM, SFT_VALIDATION_STREAM = 0, 1, 2
@@ -71,13 +74,16 @@ class RolloutSettings:
     """How episodes are played, common to every domain of a run (a policy is trained and evaluated the same way).
 
     mode: "device" (one compiled program per batch, where the domain has one) or "host". prompt_mode: "window"
-    (a fresh prompt per step, the study's) or "conversation" (one growing buffer per episode).
+    (a fresh prompt per step, the study's) or "conversation" (one growing buffer per episode). hosts: a
+    multi-process run's `distributed.HostShare` (each process plays its own block of the tasks); None in one
+    process.
     """
 
     mode: str = "host"
     prompt_mode: str = "window"
     max_context_tokens: int = 4096
     invalid_penalty: float = -0.1
+    hosts: Any = None
 
 
 class Domain(abc.ABC):
@@ -92,6 +98,9 @@ class Domain(abc.ABC):
     # The gin configurables whose bindings shape this domain's episodes (its own class, env, prompt); a changed
     # binding invalidates the evaluator's stored cells of the domain.
     gin_configurables: ClassVar[Tuple[str, ...]] = ()
+    # Whether `metrics()` are per-process counts that add up over the processes of a multi-process run (env
+    # pool restarts) rather than values every process already shares (Sokoban's distinct-level counts).
+    additive_metrics: ClassVar[bool] = False
 
     def __init__(self, chat, seed: int, eval_split: Optional[str] = None,
                  max_response_tokens: Optional[int] = None):
@@ -163,6 +172,11 @@ class Domain(abc.ABC):
     def close(self) -> None:
         """Stop worker processes (pools are started lazily, on a split's first episode)."""
 
+    def global_metrics(self, hosts=None) -> Dict[str, float]:
+        """`metrics()` of the whole job: summed over the processes where they are per-process counts."""
+        m = self.metrics()
+        return hosts.sum(m) if hosts is not None and self.additive_metrics else m
+
     # ------------------------------------------------------------------ shared behaviour
     def augments(self, tasks: Tasks) -> bool:
         """Whether these tasks' episodes get distractors (training ones when `<name>/augment.*` is on; held-out
@@ -190,19 +204,49 @@ class Domain(abc.ABC):
 
     def rollout(self, graphdef, params, tasks: Tasks, key, config: gen.GenerationConfig, tokenizer,
                 settings: RolloutSettings, timings: Optional[Dict[str, float]] = None):
-        """Play `tasks` with the policy; (StepBatch or ConversationBatch, EpisodeStats), as numpy."""
+        """Play `tasks` with the policy; (StepBatch or ConversationBatch, EpisodeStats), as numpy. With several
+        processes (`settings.hosts`) this process plays, and returns, only its own block of the tasks."""
+        hosts = settings.hosts
+        if hosts is not None:
+            tasks = self.process_tasks(tasks, hosts)
         if self.resolve_mode(settings.mode) == "device":
             if settings.prompt_mode != "window":
                 raise ValueError("the on-device rollout builds a fresh prompt per step: use prompt_mode 'window' "
                                  "or rollout_mode 'host'.")
-            batch, stats = self.device_rollout(graphdef, params, config, tasks, key, settings.invalid_penalty)
-            return jax.device_get(batch), jax.device_get(stats)
-        task = self.host_task(tasks, key)
+            if hosts is None:
+                batch, stats = self.device_rollout(graphdef, params, config, tasks, key, settings.invalid_penalty)
+                return jax.device_get(batch), jax.device_get(stats)
+            # One global program over the mesh, each process's level keys placed on its own devices: the same
+            # computation as one process running the whole batch, read back row block by row block.
+            if tasks.num_episodes % hosts.quantum():
+                raise ValueError(f"{tasks.num_episodes * hosts.count} {self.name} episodes per on-device rollout do "
+                                 f"not split over the data*fsdp mesh axes ({hosts.quantum() * hosts.count}); make "
+                                 "train.tasks_per_step * train.group_size and train.eval_episodes multiples of it.")
+            keys = hosts.to_global(np.asarray(tasks.keys))
+            batch, stats = self.device_rollout(graphdef, params, config, dataclasses.replace(tasks, keys=keys), key,
+                                               settings.invalid_penalty)
+            return hosts.to_local(batch), hosts.to_local(stats)
+        # Each process's distractor coins come from its own key (the same key would repeat one block's coins on
+        # every process); generation keeps the shared key: its program is one collective program.
+        task = self.host_task(tasks, key if hosts is None else jax.random.fold_in(np.asarray(key), hosts.position))
         if settings.prompt_mode == "conversation":
+            if hosts is not None:
+                raise ValueError("prompt_mode='conversation' runs in one process only so far; use prompt_mode "
+                                 "'window' for a multi-process run.")
             return host_conversation_rollout(graphdef, params, task, self.chat, config, key, tokenizer,
                                              settings.max_context_tokens, settings.invalid_penalty, timings=timings)
         return host_rollout(graphdef, params, task, config, key, tokenizer, self.max_prompt_tokens,
-                            settings.invalid_penalty, timings=timings)
+                            settings.invalid_penalty, timings=timings, hosts=hosts)
+
+    def process_tasks(self, tasks: Tasks, hosts) -> Tasks:
+        """This process's block of `tasks` (logged: which episodes and task seeds it plays)."""
+        rows = hosts.rows(tasks.num_episodes, f"{self.name} rollout")
+        keys = None if tasks.keys is None else np.asarray(tasks.keys)[rows]
+        mine = Tasks(tasks.seeds[rows], keys, tasks.split)
+        log.info("process %d of %d plays %s episodes %d..%d of %d (split %s): task seeds %s", jax.process_index(),
+                 hosts.count, self.name, rows[0], rows[-1], tasks.num_episodes, tasks.split,
+                 [int(x) for x in mine.seeds])
+        return mine
 
     def rollout_chunks(self, graphdef, params, tasks: Tasks, key, config: gen.GenerationConfig, tokenizer,
                        settings: RolloutSettings, timings: Optional[Dict[str, float]] = None,
@@ -211,6 +255,8 @@ class Domain(abc.ABC):
         (batch, stats), in task order. The first chunk samples with `key`, a later one with fold_in(key, its
         first task's index). progress(done, total) is called after each chunk (long evaluations report)."""
         capacity = self.batch_capacity() or max(tasks.num_episodes, 1)
+        if settings.hosts is not None and self.batch_capacity():
+            capacity *= settings.hosts.count  # each process's pool holds its share of a chunk
         parts = []
         for start in range(0, tasks.num_episodes, capacity):
             part = tasks.take(range(start, min(start + capacity, tasks.num_episodes)))

@@ -35,6 +35,7 @@ class TextDomain(Domain):
     """
 
     default_window: int = 0
+    additive_metrics = True  # each process's pools count their own restarts / timeouts
 
     def __init__(self, chat, seed: int, num_eval_tasks: int = 0, num_workers: int = 2, envs_per_worker: int = 8,
                  max_steps: int = 50, max_prompt_tokens: int = 2048, window: Optional[int] = None,
