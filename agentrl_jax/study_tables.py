@@ -141,7 +141,8 @@ def build_matrices(runs: Sequence[RunEval], starts: Mapping[str, str], n_boot: i
                     success[START][c] = e["success"]
                     intervals[START][c] = tuple(e["interval"])
                     entries[START][c] = e
-        domains = sorted(by_domain)
+        # Rows in the order of their ID columns (the paper's: ALFWorld, WebShop, Sokoban, SciWorld when so listed).
+        domains = sorted(by_domain, key=lambda d: (cols.index(id_column(d, cols)) if id_column(d, cols) else len(cols), d))
         for d in domains:
             success[d], intervals[d], entries[d] = {}, {}, {}
             for c in cols:

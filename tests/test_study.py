@@ -406,3 +406,34 @@ def test_tables_tolerate_a_study_in_progress(tmp_path):
     js = ST.write_tables([ST.RunEval("r", "sokoban", False, True, "v1", 0, str(tmp_path / "none"))],
                          {"v1": str(tmp_path / "none")}, str(tmp_path / "tables"))
     assert js["groups"] == {} and js["delta_ood"] == [] and (tmp_path / "tables" / "tables.md").is_file()
+
+
+# ------------------------------------------------------------------------------------------ end to end
+def _has_expert_data_cli():
+    path = os.path.join(REPO, "agentrl_jax", "expert_data.py")
+    return os.path.isfile(path) and "--source" in open(path).read()
+
+
+@pytest.mark.slow
+@pytest.mark.java
+@pytest.mark.skipif(not (HAS_INIT_FROM and HAS_SFT and _has_expert_data_cli()),
+                    reason="needs train.init_from, agentrl_jax.sft and the expert_data CLI on this branch")
+def test_the_tiny_grid_runs_end_to_end(tmp_path):
+    """Every kind of stage on real entry points: V1, SFT data, SFT (V2), RL runs (aug/noaug, think/nothink, both
+    starts), evaluations, env axes; then the tables; a second call finds everything done."""
+    os.symlink(os.path.join(REPO, "data"), tmp_path / "data")  # the stages read data/ from their working folder
+    cmd = [sys.executable, "-m", "agentrl_jax.study", "--gin_file=gin/experiments/study_tiny/grid.gin"]
+    env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    first = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=3600, env=env)
+    assert first.returncode == 0, first.stdout[-6000:] + first.stderr[-3000:]
+    root = tmp_path / "outputs" / "study_tiny"
+    assert len(list((root / "stages").glob("*.done"))) == 16
+    tables = json.load(open(root / "tables" / "tables.json"))
+    assert sorted(tables["groups"]) == ["v1_nothink_noaug", "v1_think_aug", "v1_think_noaug", "v2_think_noaug"]
+    for g in tables["groups"].values():
+        assert g["matrix"]["cols"] == ["sokoban", "webshop"] and g["matrix"]["success"]["start"]["sokoban"] is not None
+    assert {r["lever"] for r in tables["delta_ood"]} == {lever for lever, *_ in ST.LEVERS}
+    assert (root / "tables" / "tables.md").is_file() and (root / "tables" / "delta_ood.png").exists() in (True, False)
+    assert len(tables["env_axes"]["png"]) == 4
+    second = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600, env=env)
+    assert second.returncode == 0 and "stages: 16 done before, 0 ran" in second.stdout, second.stdout[-3000:]
