@@ -60,12 +60,19 @@ class Stage:
 @gin.configurable
 def study(output_dir: str = gin.REQUIRED, stages: Sequence[Mapping[str, Any]] = gin.REQUIRED,
           sft_mix_domains: Sequence[str] = (), stage_bindings: Sequence[str] = (), tie: float = 0.5,
-          n_boot: int = 2000) -> Dict[str, Any]:
+          n_boot: int = 2000, compilation_cache: Optional[str] = "jax_cache") -> Dict[str, Any]:
     """The grid as gin gives it: output_dir (markers, logs, tables), stages (dicts: name, kind, gin, output,
     after, args, run, of), the evaluation domains in V2's SFT mix (Table 6's "In mix?"), bindings appended
-    to every stage's command, the ranking's tie and the intervals' bootstrap replicates."""
+    to every stage's command, the ranking's tie and the intervals' bootstrap replicates.
+
+    compilation_cache: JAX's persistent compilation cache for every stage (a folder under output_dir, or an
+    absolute path; None = off): the grid's runs compile the same programs, so later stages skip compilation
+    (the tiny grid's Sokoban run: 254 s -> 61 s on a loaded 2-core CPU). A JAX_COMPILATION_CACHE_DIR already in
+    the environment wins."""
+    cache = None if not compilation_cache else os.path.join(output_dir, compilation_cache)
     return {"output_dir": output_dir, "stages": parse_stages(stages), "sft_mix_domains": tuple(sft_mix_domains),
-            "stage_bindings": tuple(stage_bindings), "tie": float(tie), "n_boot": int(n_boot)}
+            "stage_bindings": tuple(stage_bindings), "tie": float(tie), "n_boot": int(n_boot),
+            "compilation_cache": cache}
 
 
 def parse_stages(raw: Sequence[Mapping[str, Any]]) -> List[Stage]:
@@ -142,14 +149,24 @@ def write_marker(output_dir: str, stage: Stage, cmd: Sequence[str], seconds: flo
     os.replace(path + ".tmp", path)
 
 
-def run_stage(stage: Stage, cmd: Sequence[str], log_path: str, echo=print) -> int:
+def stage_env(spec: Mapping[str, Any]) -> Dict[str, str]:
+    """The stages' environment: the runner's, plus the persistent compilation cache unless set already."""
+    env = dict(os.environ)
+    if spec.get("compilation_cache"):
+        env.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.abspath(spec["compilation_cache"]))
+        env.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+    return env
+
+
+def run_stage(stage: Stage, cmd: Sequence[str], log_path: str, echo=print, env=None) -> int:
     """Run one stage's process, its output to `log_path` and (line by line) to `echo`; its exit status. A
     SIGINT/SIGTERM to the runner is passed on to the stage, so a stopped study leaves no orphan behind."""
     os.makedirs(os.path.dirname(log_path), exist_ok=True)
     with open(log_path, "a") as log:
         log.write(f"$ {shlex.join(cmd)}\n")
         log.flush()
-        proc = subprocess.Popen(list(cmd), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
+        proc = subprocess.Popen(list(cmd), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
+                                env=env)
         previous = {}
 
         def forward(signum, _frame):
@@ -178,6 +195,9 @@ def run_study(spec: Mapping[str, Any], dry_run: bool = False, only: Sequence[str
     out_dir = spec["output_dir"]
     bindings = [*spec["stage_bindings"], *extra_bindings]
     status: Dict[str, List[str]] = {"done": [], "ran": [], "failed": [], "blocked": []}
+    env = stage_env(spec)
+    if env.get("JAX_COMPILATION_CACHE_DIR"):
+        echo(f"stages share JAX's compilation cache: JAX_COMPILATION_CACHE_DIR={env['JAX_COMPILATION_CACHE_DIR']}")
     for stage in execution_order(spec["stages"]):
         if not selected(stage, only):
             continue
@@ -197,7 +217,7 @@ def run_study(spec: Mapping[str, Any], dry_run: bool = False, only: Sequence[str
             continue
         echo(f"run      {stage.name}: {shlex.join(cmd)}")
         t0 = time.perf_counter()
-        rc = run_stage(stage, cmd, os.path.join(out_dir, "logs", stage.name + ".log"), echo)
+        rc = run_stage(stage, cmd, os.path.join(out_dir, "logs", stage.name + ".log"), echo, env)
         if rc == 0:
             write_marker(out_dir, stage, cmd, time.perf_counter() - t0)
             status["ran"].append(stage.name)

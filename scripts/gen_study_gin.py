@@ -62,6 +62,12 @@ class GridSpec:
     properties_episodes: int = 128
     properties_t_max: int = 50
     properties_domains: Optional[Tuple[str, ...]] = None
+    # The distractor settings (init -> domain -> (eps, p)); None: Table 11.
+    aug_settings: Optional[Dict[str, Dict[str, Tuple[float, float]]]] = None
+
+    @property
+    def augmentation(self) -> Dict[str, Dict[str, Tuple[float, float]]]:
+        return self.aug_settings or TABLE11
 
 
 def study() -> GridSpec:
@@ -82,7 +88,9 @@ def tiny() -> GridSpec:
                                     "eval": ("runs/study_tiny.gin", "runs/study_tiny_eval.gin"),
                                     "properties": ("runs/study_tiny.gin",)},
                     sft_steps=2, sft_batch_size=4, sft_lr=1e-3, eval_domains=("sokoban", "webshop"),
-                    properties_episodes=2, properties_t_max=2, properties_domains=("sokoban", "webshop"))
+                    properties_episodes=2, properties_t_max=2, properties_domains=("sokoban", "webshop"),
+                    # One distractor line (eps 10), so the easy Sokoban's short prompt buffer holds it.
+                    aug_settings={init: {**TABLE11[init], "sokoban": (10, TABLE11[init]["sokoban"][1])} for init in INITS})
 
 
 # ----------------------------------------------------------------------------------------------- naming
@@ -168,14 +176,14 @@ def v2_file(spec: GridSpec) -> str:
 def rl_file(spec: GridSpec, domain: str, aug: bool, thinking: bool, init: str, seed: int) -> str:
     includes = ["runs/study_rl.gin", spec.model_gin, spec.env_gins[domain]]
     header = [f"GRPO on {domain} from Ckpt {init.upper()}, thinking {'on' if thinking else 'off'}, "
-              + (f"distractors eps {TABLE11[init][domain][0]} / p {TABLE11[init][domain][1]} (Table 11"
+              + (f"distractors eps {spec.augmentation[init][domain][0]} / p {spec.augmentation[init][domain][1]} ({'Table 11' if spec.aug_settings is None else 'the tiny grid'}"
                  + (", ours: SciWorld was not augmented in the study" if domain == "sciworld" else "") + ")"
                  if aug else "no distractors") + f", seed {seed}."]
     macros: List[Tuple[str, object]] = [("OUTPUT_DIR", _out(spec, "rl/" + run_name(domain, aug, thinking, init, seed))),
                                         ("INIT_FROM", _out(spec, init)), ("TRAIN_SEED", seed), ("THINKING", thinking)]
     if aug:
         includes.append(f"runs/augment/{domain}.gin")
-        eps, p = TABLE11[init][domain]
+        eps, p = spec.augmentation[init][domain]
         macros += [("AUG_EPSILON", eps), ("AUG_P", p)]
     if spec.rl_steps is not None:
         macros.append(("NUM_STEPS", spec.rl_steps))

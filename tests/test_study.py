@@ -114,7 +114,7 @@ def test_every_study_file_parses_and_builds_with_the_tiny_model(grid, stage):
             assert gin.get_bindings("agentrl_jax.optim.make_schedule")["peak_lr"] == 1e-6
         for d in G.DOMAINS:
             setting = aug.domain_augmentation(d)
-            expected = G.TABLE11[init][d] if (run["aug"] and d == run["domain"]) else None
+            expected = (G.tiny() if tiny else G.study()).augmentation[init][d] if (run["aug"] and d == run["domain"]) else None
             assert setting.active == (expected is not None), d
             if expected is not None:
                 assert (setting.epsilon, setting.p) == expected
@@ -227,7 +227,7 @@ def _spec(tmp_path):
            {"name": "rl2", "kind": "rl", "gin": "c", "output": "o/rl2", "after": ["v1"]},
            {"name": "eval1", "kind": "eval", "gin": "d", "output": "o/e1", "after": ["rl1"], "of": "rl1"}]
     return {"output_dir": str(tmp_path / "study"), "stages": S.parse_stages(raw), "sft_mix_domains": (),
-            "stage_bindings": (), "tie": 0.5, "n_boot": 10}
+            "stage_bindings": (), "tie": 0.5, "n_boot": 10, "compilation_cache": str(tmp_path / "jax_cache")}
 
 
 def _calls(path):
@@ -247,6 +247,8 @@ def test_a_finished_stage_is_skipped_and_a_killed_one_is_rerun(tmp_path, monkeyp
     assert os.path.isfile(S.marker_path(spec["output_dir"], spec["stages"][0]))
     assert not os.path.exists(S.marker_path(spec["output_dir"], spec["stages"][1]))
     assert any("FAILED   rl1 (exit -9)" in line for line in seen)
+    cache = os.environ.get("JAX_COMPILATION_CACHE_DIR", str(tmp_path / "jax_cache"))  # one set already wins
+    assert seen[0] == f"stages share JAX's compilation cache: JAX_COMPILATION_CACHE_DIR={cache}"
     second = S.run_study(spec, python=py, echo=seen.append)
     assert second == {"done": ["v1"], "ran": ["rl1", "rl2", "eval1"], "failed": [], "blocked": []}
     assert _calls(calls) == ["a", "b", "b", "c", "d"]  # v1 skipped, the killed rl1 run again
