@@ -473,6 +473,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
+    import agentrl_jax.evaluate  # noqa: F401, PLC0415 (run_lora's module registers a configurable: before gin locks)
     from agentrl_jax.train import parse_gin  # noqa: PLC0415
 
     # force: an imported library has already put a WARNING-level handler on the root logger (progress is INFO).

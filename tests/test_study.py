@@ -146,6 +146,13 @@ def test_every_study_file_parses_and_builds_with_the_tiny_model(grid, stage):
             assert (s["peak_lr"], s["kind"], s["warmup_ratio"]) == (5e-6, "cosine", 0.1)
 
 
+def test_the_evaluator_reads_distractors_bound_to_macros():
+    """The study binds `<domain>/augment.*` to AUG_EPSILON / AUG_P; a run's row must still say it had them."""
+    config = ("AUG_EPSILON = 80\nAUG_P = 0.5\nsokoban/augment.epsilon = %AUG_EPSILON\nsokoban/augment.p = %AUG_P\n"
+              "alfworld/augment.epsilon = 0\n")
+    assert ev._augmentation_of(config) == "sokoban/augment.epsilon = 80; sokoban/augment.p = 0.5"
+
+
 def test_sciworld_has_its_own_distractor_setting():
     """The study did not augment ScienceWorld; its aug runs use our own setting, not ALFWorld's."""
     for init in G.INITS:
