@@ -47,7 +47,8 @@ _RESULT_NEUTRAL = ("num_workers", "envs_per_worker", "step_timeout_s")
 
 # ------------------------------------------------------------------------------------------- run folders
 def run_settings(run_dir: str) -> Dict[str, Any]:
-    """`train.*` bindings of a run's operative config (literal values only), e.g. domain, thinking, model_path."""
+    """`train.*` (or an SFT run's `sft.*`) bindings of a run's operative config (literal values only), e.g. domain,
+    thinking, model_path."""
     path = os.path.join(run_dir, "operative_config.gin")
     if not os.path.isfile(path):
         raise ValueError(f"{run_dir!r} is not a training run folder (no operative_config.gin); point evaluate.runs at "
@@ -71,7 +72,8 @@ def run_settings(run_dir: str) -> Dict[str, Any]:
             found[m.group(1)] = macros.get(v[1:], v) if v.startswith("%") else value(v)
         return found
 
-    out: Dict[str, Any] = bindings("train")
+    # An SFT run (`python -m agentrl_jax.sft`) has no train.* bindings: its sft.* ones (model_path, thinking) serve.
+    out: Dict[str, Any] = bindings("train") or bindings("sft")
     out["augmentation"] = _augmentation_of(text)
     out["lora"] = bindings("lora")  # the run's adapters (rank 0 or absent: full fine-tuning)
     return out
@@ -169,7 +171,8 @@ def build_rows(start_model: Optional[str], runs: Mapping[str, str], steps, num_c
         if name == START_ROW:
             raise ValueError(f"a run may not be named {START_ROW!r} (the starting policy's row); rename it.")
         cfg = run_settings(run_dir)
-        rows.append(Row(name, str(cfg.get("model_path", start_model)), str(cfg.get("domain", cfg.get("env_name"))),
+        domain = cfg.get("domain", cfg.get("env_name"))  # None: an SFT run, which has no training domain
+        rows.append(Row(name, str(cfg.get("model_path", start_model)), None if domain is None else str(domain),
                         bool(cfg.get("thinking", True)), cfg["augmentation"], run_dir,
                         tuple(select_steps(run_steps(run_dir), steps, num_checkpoints)), lora_config(**cfg["lora"])))
     if not rows:

@@ -30,8 +30,15 @@ SFT_DATA = ("solver", "format")
 
 def sokoban_expert_samples(env: sk.Sokoban, prompter: SokobanPrompter, num_levels: int, seed: int,
                            max_response_tokens: int, data: str = "solver", keys=None) -> Dict[str, np.ndarray]:
-    """Packed SFT samples (ids, attn, response_mask) from solver solutions of `num_levels` generated levels
-    (from `keys` [num_levels] when given, else from `seed`).
+    """Packed SFT samples (ids, attn, response_mask) of `sokoban_expert_records`."""
+    records = sokoban_expert_records(env, prompter, num_levels, seed, data, keys)
+    return sft_data.pack(records, prompter.max_prompt_tokens, max_response_tokens, prompter.pad_id)
+
+
+def sokoban_expert_records(env: sk.Sokoban, prompter: SokobanPrompter, num_levels: int, seed: int,
+                           data: str = "solver", keys=None) -> List[dict]:
+    """SFT records (`sft_data.record`) from solver solutions of `num_levels` generated levels (from `keys`
+    [num_levels] when given, else from `seed`); unsolvable levels are left out.
 
     data="solver": the optimal actions (expert warm-up). data="format": the same levels walked with uniformly
     random moves for as many steps as the solution (or until the level ends), each answered with its move,
@@ -46,7 +53,6 @@ def sokoban_expert_samples(env: sk.Sokoban, prompter: SokobanPrompter, num_level
     states, _ = jax.jit(jax.vmap(env.reset))(keys)
     step = jax.jit(env.step)
     stop = prompter.chat.stop_ids[0]
-    p, n = prompter.max_prompt_tokens, max_response_tokens
     records: List[dict] = []
     for i in range(num_levels):
         state = jax.tree.map(lambda x: x[i], states)
@@ -58,11 +64,12 @@ def sokoban_expert_samples(env: sk.Sokoban, prompter: SokobanPrompter, num_level
             if data == "format":  # a random move, and the episode goes on from where it leads
                 action = int(rng.integers(len(sk.ACTION_WORDS)))
             prompt = prompter.host_prompt_ids(state, prev, prev_action, t, augment=False)  # expert data: plain
-            answer = prompter.encode(expert_answer(action, prompter.thinking, state)) + [stop]
-            records.append(sft_data.record("sokoban", i, t, prompt, answer, f"sokoban:{data}"))
+            text = expert_answer(action, prompter.thinking, state)
+            records.append(sft_data.record("sokoban", i, t, prompt, prompter.encode(text) + [stop], f"sokoban:{data}",
+                                           answer_text=text))
             # The next prompt's history shows exactly the trained answer and the board it led to.
             prev, prev_action = state, action
             state, ts = step(state, action)
             if bool(ts.done):
                 break
-    return sft_data.pack(records, p, n, prompter.pad_id)
+    return records

@@ -27,11 +27,10 @@ from flax import nnx
 
 from agentrl_jax import checkpoint as ckpt
 from agentrl_jax import distributed, domains, learner, optim, partitioning, rl, sharding
+from agentrl_jax import sft as sft_lib
 from agentrl_jax import generate as gen
-from agentrl_jax.chat import ChatFormat
 from agentrl_jax.logging import MetricsLogger
-from agentrl_jax.models import lora
-from agentrl_jax.policy import load_policy, rollout_params_fn
+from agentrl_jax.training_core import PolicyCore
 
 log = _pylogging.getLogger("agentrl_jax.train")
 ROLLOUT_MODES, PROMPT_MODES = domains.ROLLOUT_MODES, domains.PROMPT_MODES
@@ -165,8 +164,8 @@ def _episode_text(tokenizer, batch, stats, e: int) -> str:
     return "\n".join(lines)
 
 
-class Trainer:
-    """Holds the compiled pieces; `train()` below is the gin entry point that builds and runs it.
+class Trainer(PolicyCore):
+    """Holds the compiled pieces (the model, its sharding and update program: `PolicyCore`); `train()` below is the gin entry point that builds and runs it.
 
     domain: the training domain's registry name; eval_domains: further domains evaluated on their held-out sets
     every `eval_every` steps (`eval/<domain>/...`). Neither is branched on here: everything domain-specific goes
@@ -185,7 +184,6 @@ class Trainer:
         self.temperature = temperature
         self.prompt_mode, self.max_context_tokens = prompt_mode, max_context_tokens
         self.micro_batch_size = micro_batch_size or minibatch_size
-        self.logits_chunk_size = logits_chunk_size
         ppo = rl_config.algorithm == "ppo"
         if prompt_mode == "conversation":
             if rollout_mode != "host":
@@ -196,30 +194,14 @@ class Trainer:
                                  "use RLConfig.algorithm = 'grpo' or prompt_mode = 'window' for PPO.")
         for name in (domain, *eval_domains):
             domains.domain_class(name)  # an unknown name fails before the model is loaded
-        policy, self.tokenizer = load_policy(model_path, with_value_head=ppo, mesh=mesh)
-        self.chat = ChatFormat.from_tokenizer(self.tokenizer, thinking=thinking)
-        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        super().__init__(model_path=model_path, mesh=mesh, thinking=thinking, with_value_head=ppo,
+                         logits_chunk_size=logits_chunk_size)
         stop = tuple(self.chat.stop_ids)
         self.gen_config = gen.GenerationConfig(max_new_tokens=max_response_tokens, temperature=temperature,
-                                               top_p=top_p, top_k=top_k, stop_ids=stop, pad_id=pad)
+                                               top_p=top_p, top_k=top_k, stop_ids=stop, pad_id=self.pad_id)
         self.eval_config = gen.GenerationConfig(max_new_tokens=max_response_tokens, temperature=eval_temperature,
-                                                stop_ids=stop, pad_id=pad)
-        self.graphdef, params, rest = nnx.split(policy, nnx.Param, ...)
-        if jax.tree.leaves(rest):
-            raise ValueError("the policy holds non-parameter state; only nnx.Param variables are supported")
-        self.rules = sharding.logical_rules()
-        self.param_sh = sharding.tree_shardings(params, mesh, self.rules)
-        self.params = jax.device_put(params, self.param_sh)
-        self._rollout_params = rollout_params_fn(policy.cfg.dtype, self.param_sh)
-        # LoRA (gin lora.rank > 0): updates, optimizer state and checkpoints cover only the trainable part
-        # (adapters, value head); the frozen base is this one copy, shared by every full state (and by the KL
-        # reference, whose base is the same arrays).
-        self.lora = lora.has_adapters(params)
-        self._frozen = lora.split_trainable(self.params)[1] if self.lora else None
+                                                stop_ids=stop, pad_id=self.pad_id)
         self.accum_steps = 1
-        self.train_sh = sharding.TrainShardings(
-            params=self.param_sh, opt_state=None, batch=sharding.batch_sharding(mesh, self.rules),
-            replicated=jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()), mesh=mesh, rules=self.rules)
         self.ref_params = None  # set by train(): the policy at the start of RL, when the KL term is on
         self.domain = domains.make_domain(domain, chat=self.chat, seed=seed, num_eval_tasks=eval_episodes)
         if rollout_mode not in self.domain.rollout_modes:
@@ -311,48 +293,6 @@ class Trainer:
         return out
 
     # ------------------------------------------------------------------------------------------- update
-    def make_update(self, loss_fn, tx, params, accum_steps: int = 1):
-        """(jitted sharded train step for `loss_fn`, optimizer state created sharded, its shardings).
-
-        accum_steps > 1: each minibatch is split into that many micro-batches whose gradients are summed
-        (`loss_fn` normalises by the whole minibatch's counts), which bounds activation memory for long
-        prompts without changing the update; feed it through `shard(mb, accum_steps)`.
-        """
-        trainable, p_sh = (self.saved_params(params), self.saved_params(self.param_sh))
-        o_sh = sharding.tree_shardings(jax.eval_shape(tx.init, trainable), self.mesh, self.rules)
-        opt_state = jax.jit(tx.init, out_shardings=o_sh)(trainable)
-        spec = dataclasses.replace(self.train_sh, params=p_sh, opt_state=o_sh)
-        # accumulate="sum": the losses (learner.rl_loss / sft_loss) return their micro-batch's share of the
-        # whole minibatch's loss, so accumulation is exact (a memory knob only).
-        step = sharding.make_train_step(loss_fn, tx, self.mesh, spec, self.graphdef, accum_steps=accum_steps,
-                                        donate=False, accumulate="sum",
-                                        frozen_shardings=lora.split_trainable(self.param_sh)[1] if self.lora else None)
-        if not self.lora:
-            return step, opt_state, o_sh
-
-        def lora_step(params, opt_state, batch, key):  # full state in and out, as without LoRA
-            new, opt_state, metrics = step(self.saved_params(params), opt_state, batch, key, self._frozen)
-            return self.full_params(new), opt_state, metrics
-
-        return lora_step, opt_state, o_sh
-
-    def saved_params(self, params):
-        """What of a full param state is trained and checkpointed: all of it, or with LoRA the adapters (and
-        value head) only. Also maps a tree of the params' shardings."""
-        return lora.split_trainable(params)[0] if self.lora else params
-
-    def full_params(self, saved):
-        """`saved_params`' inverse: with LoRA, the trainable part joined to the frozen base."""
-        return lora.join(self._frozen, saved) if self.lora else saved
-
-    def shard(self, minibatch: Dict[str, np.ndarray], accum_steps: int = 1):
-        """A host minibatch placed on the mesh, batch dim over (data, fsdp); with `accum_steps` > 1 reshaped
-        to [accum_steps, micro_batch, ...]."""
-        if accum_steps > 1:
-            minibatch = {k: v.reshape((accum_steps, -1) + v.shape[1:]) for k, v in minibatch.items()}
-        # Host arrays go straight to their shards (no detour through one device).
-        return sharding.shard_batch({k: np.asarray(v) for k, v in minibatch.items()}, self.train_sh, accum_steps)
-
     def prepare(self, params, batch, stats) -> Tuple[Dict[str, np.ndarray], Dict[str, float]]:
         """The packed samples of a rollout batch with old / reference log-probs and advantages, and the
         metrics only the whole batch can give (explained variance, the KL folded into the rewards)."""
@@ -439,6 +379,7 @@ def train(
     sft_max_success: Optional[float] = None,
     sft_check_every: int = 10,
     sample_every: int = 10,
+    init_from: Optional[str] = None,
     seed: int = 0,
     mesh=None,
 ) -> Dict[str, float]:
@@ -451,6 +392,9 @@ def train(
 
     domain: the training domain. eval_domains: more domains evaluated on their held-out sets every `eval_every`
     steps, logged as `eval/<domain>/...` (the training domain's own held-out metrics are `eval/...`).
+    init_from: another run's output_dir (RL or SFT, `python -m agentrl_jax.sft`): the model starts from its latest
+    checkpoint (fresh optimizer; the KL reference is that model). A run that has checkpoints of its own resumes
+    from them instead.
     """
     _check_choice("domain", domain, domains.domain_names())
     for name in eval_domains:
@@ -507,11 +451,7 @@ def train(
     start_step = 0
     params = tr.params
     ref_params = None
-    abstract = {"params": sharding.abstract_with_shardings(tr.saved_params(params), tr.saved_params(tr.param_sh)),
-                "opt_state": sharding.abstract_with_shardings(opt_state, o_sh),
-                "key": jax.ShapeDtypeStruct(key.shape, key.dtype)}
-    if rl_config.kl_coef > 0:
-        abstract["ref_params"] = abstract["params"]
+    abstract = tr.abstract_state(params, opt_state, o_sh, key, with_ref=rl_config.kl_coef > 0)
     restored = checkpointer.restore_latest(abstract)
     logger = MetricsLogger(os.path.join(output_dir, "tb"), total_steps=num_steps,
                            bar_keys=["episode/success_rate", "episode/return", "eval/success_rate", "loss/kl_loss"])
@@ -527,6 +467,9 @@ def train(
             for done_step in range(1, start_step + 1):  # the distinct-level count covers the steps before
                 tr.domain.train_tasks(done_step, tr.tasks_per_step)
         else:
+            if init_from:
+                params, source_step = tr.init_from(init_from, params)
+                logger.write(f"starting from {init_from} (its checkpoint at step {source_step})")
             if sft_steps > 0:
                 params = _sft_warmup(tr, params, sft_steps, sft_levels, sft_batch_size, max_response_tokens,
                                      logger, seed, sft_data, sft_max_success, sft_check_every)
@@ -663,13 +606,10 @@ def _sft_warmup(tr: Trainer, params, steps, levels, batch_size, max_response_tok
                          "not define; set train.sft_max_success = None.")
     # The warm-up's tasks avoid the held-out and validation sets (by content for Sokoban), like the RL tasks.
     samples = domain.expert_samples(levels, seed + 10_000, max_response_tokens, data)
-    with gin.config_scope("sft"):
-        tx = optim.make_optimizer()
     # The expert samples are window samples [prompt P | answer N] in every prompt mode (a conversation
     # policy sees the same current-step text at the end of its buffer), so the loss uses their own layout.
-    step_fn, opt_state, _ = tr.make_update(
-        functools.partial(learner.sft_loss, prompt_len=domain.max_prompt_tokens,
-                          chunk_size=tr.logits_chunk_size), tx, params)
+    # The same optimizer (gin scope `sft`) and update as `python -m agentrl_jax.sft`.
+    step_fn, opt_state, _ = sft_lib.make_sft_step(tr, sft_lib.sft_optimizer(steps), params, domain.max_prompt_tokens)
     rng = np.random.default_rng(seed)
     done = 0
     kept, kept_step = params, 0  # the last parameters known to be within max_success

@@ -137,6 +137,11 @@ class Domain(abc.ABC):
     def expert_samples(self, num_tasks: int, seed: int, max_response_tokens: int, data: str = "solver"):
         raise NotImplementedError(f"the {self.name} domain has no expert data for SFT yet; set train.sft_steps = 0.")
 
+    def expert_records(self, num_tasks: int, seed: int, data: str = "expert"):
+        """State-action records (`agentrl_jax.sft_data.record`) of the domain's expert on `num_tasks` training
+        tasks, in exactly the prompt layout its rollout builds."""
+        raise NotImplementedError(f"the {self.name} domain has no expert data for SFT yet.")
+
     def close(self) -> None:
         """Stop worker processes (pools are started lazily, on a split's first episode)."""
 

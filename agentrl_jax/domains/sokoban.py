@@ -20,7 +20,7 @@ from agentrl_jax import heldout
 from agentrl_jax.domains.base import (HELD_OUT_STREAM, SFT_VALIDATION_STREAM, TRAIN_STREAM, Domain, Tasks, register,
                                       stream_keys, stream_seeds)
 from agentrl_jax.rollout import SokobanHostTask, sokoban_device_rollout
-from agentrl_jax.expert_data import sokoban_expert_samples
+from agentrl_jax.expert_data import sokoban_expert_records, sokoban_expert_samples
 from agentrl_jax.sokoban_prompt import SokobanPrompter
 
 SPLIT_STREAMS = {"heldout": HELD_OUT_STREAM, "sft_validation": SFT_VALIDATION_STREAM}
@@ -94,6 +94,11 @@ class SokobanDomain(Domain):
         """Solver (or format-only) samples on fresh levels that avoid both held-out sets by content."""
         keys = self.reserved_levels.exclude(self.env, jax.random.split(jax.random.PRNGKey(seed), num_tasks)).keys
         return sokoban_expert_samples(self.env, self.prompter, num_tasks, seed, max_response_tokens, data, keys=keys)
+
+    def expert_records(self, num_tasks: int, seed: int, data: str = "solver"):
+        """The solver's records (`sft_data.record`) on fresh levels that avoid both held-out sets by content."""
+        keys = self.reserved_levels.exclude(self.env, jax.random.split(jax.random.PRNGKey(seed), num_tasks)).keys
+        return sokoban_expert_records(self.env, self.prompter, num_tasks, seed, data, keys=keys)
 
     def blind_success(self, split: str = "sft_validation", n_tasks: Optional[int] = None) -> float:
         """The best a policy that ignores the board can do on a level set: repeat one action (the best of the
