@@ -55,9 +55,6 @@ class GridSpec:
         default_factory=lambda: {"sciworld": 200, "alfworld": 64, "webshop": 64})
     # Extra templates per stage kind ("rl", "data", "sft", "eval", "properties"), included after the stage's own.
     tiny_templates: Dict[str, Tuple[str, ...]] = dataclasses.field(default_factory=dict)
-    sft_steps: Optional[int] = None
-    sft_batch_size: Optional[int] = None
-    sft_lr: Optional[float] = None
     eval_domains: Optional[Tuple[str, ...]] = None  # None: the template's four
     properties_episodes: int = 128
     properties_t_max: int = 50
@@ -84,10 +81,10 @@ def tiny() -> GridSpec:
                     {**{d: f"envs/{d}.gin" for d in DOMAINS}, "sokoban": "envs/sokoban_easy.gin"},
                     seeds=(0,), runs=runs, v1_steps=1, rl_steps=1, data_tasks={"sciworld": 1, "alfworld": 1, "webshop": 1},
                     tiny_templates={"rl": ("runs/study_tiny.gin", "runs/study_tiny_rl.gin"),
-                                    "data": ("runs/study_tiny.gin",), "sft": ("runs/study_tiny.gin",),
+                                    "data": ("runs/study_tiny.gin",), "sft": ("runs/study_tiny.gin", "runs/study_tiny_sft.gin"),
                                     "eval": ("runs/study_tiny.gin", "runs/study_tiny_eval.gin"),
                                     "properties": ("runs/study_tiny.gin",)},
-                    sft_steps=2, sft_batch_size=4, sft_lr=1e-3, eval_domains=("sokoban", "webshop"),
+                    eval_domains=("sokoban", "webshop"),
                     properties_episodes=2, properties_t_max=2, properties_domains=("sokoban", "webshop"),
                     # One distractor line (eps 10), so the easy Sokoban's short prompt buffer holds it.
                     aug_settings={init: {**TABLE11[init], "sokoban": (10, TABLE11[init]["sokoban"][1])} for init in INITS})
@@ -165,9 +162,6 @@ def v2_file(spec: GridSpec) -> str:
     mix = {data_name(d, s): r for d, s, r in SFT_MIX}
     macros: List[Tuple[str, object]] = [("OUTPUT_DIR", _out(spec, "v2")), ("SFT_INIT_FROM", _out(spec, "v1")),
                                         ("SFT_DATA", data), ("SFT_MIX", mix), ("THINKING", True)]
-    for name, v in (("SFT_STEPS", spec.sft_steps), ("SFT_BATCH_SIZE", spec.sft_batch_size), ("SFT_LR", spec.sft_lr)):
-        if v is not None:
-            macros.append((name, v))
     return _file(["Ckpt V2: Ckpt V1 + SFT on SciWorld expert : ALFWorld rollouts : WebShop rollouts = 19:3:1",
                   "(state-action pairs), lr 5e-6 cosine, warm-up 0.1, batch 32, 100 steps (runs/study_sft.gin)."],
                  ["runs/study_sft.gin", spec.model_gin, *_tiny(spec, "sft")], macros)
