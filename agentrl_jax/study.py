@@ -11,7 +11,7 @@ stage is one subprocess of an existing entry point on its own gin file:
     properties  python -m agentrl_jax.env_properties --gin_file=G
 
 Stages run in dependency order (each stage's `after`; among ready stages V1, data, SFT, RL, evaluations, env
-axes). A stage that exits 0 gets a done marker (<output_dir>/stages/<name>.done) and is skipped by later calls;
+axes). A stage that exits 0 and leaves its output (`output`: a run folder, a JSONL or JSON file) gets a done marker (<output_dir>/stages/<name>.done) and is skipped by later calls;
 a stage without one (never run, failed or killed) is run again with the same command, and the entry points
 resume by themselves (the trainer from its checkpoints, the evaluator from its finished cells). Each stage's
 output goes to <output_dir>/logs/<name>.log and to the console. At the end the study's tables are written to
@@ -218,6 +218,10 @@ def run_study(spec: Mapping[str, Any], dry_run: bool = False, only: Sequence[str
         echo(f"run      {stage.name}: {shlex.join(cmd)}")
         t0 = time.perf_counter()
         rc = run_stage(stage, cmd, os.path.join(out_dir, "logs", stage.name + ".log"), echo, env)
+        if rc == 0 and not os.path.exists(stage.output):
+            # An entry point that exits 0 without its output (e.g. a module with no CLI yet) is no finished stage.
+            echo(f"{stage.name} exited 0 but wrote no {stage.output}")
+            rc = -1
         if rc == 0:
             write_marker(out_dir, stage, cmd, time.perf_counter() - t0)
             status["ran"].append(stage.name)
