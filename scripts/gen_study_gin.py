@@ -81,7 +81,7 @@ def tiny() -> GridSpec:
                     {**{d: f"envs/{d}.gin" for d in DOMAINS}, "sokoban": "envs/sokoban_easy.gin"},
                     seeds=(0,), runs=runs, v1_steps=1, rl_steps=1, data_tasks={"sciworld": 1, "alfworld": 1, "webshop": 1},
                     tiny_templates={"rl": ("runs/study_tiny.gin", "runs/study_tiny_rl.gin"),
-                                    "data": ("runs/study_tiny.gin",), "sft": ("runs/study_tiny.gin", "runs/study_tiny_sft.gin"),
+                                    "data": ("runs/study_tiny.gin", "runs/study_tiny_rl.gin"), "sft": ("runs/study_tiny.gin", "runs/study_tiny_sft.gin"),
                                     "eval": ("runs/study_tiny.gin", "runs/study_tiny_eval.gin"),
                                     "properties": ("runs/study_tiny.gin",)},
                     eval_domains=("sokoban", "webshop"),
@@ -145,7 +145,7 @@ def data_file(spec: GridSpec, domain: str, source: str) -> str:
     what = "expert demonstrations" if source == "expert" else "unfiltered rollouts of Ckpt V1 (failures kept)"
     return _file([f"SFT data for Ckpt V2: {domain} {what}, in the prompt layout RL uses (thinking on).",
                   "The task count, seed and output path are the command's flags (grid.gin)."],
-                 ["runs/thinking.gin", spec.model_gin, spec.env_gins[domain], *_tiny(spec, "data")],
+                 ["runs/study_data.gin", spec.model_gin, spec.env_gins[domain], *_tiny(spec, "data")],
                  [("THINKING", True)])
 
 

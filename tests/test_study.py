@@ -133,6 +133,8 @@ def test_every_study_file_parses_and_builds_with_the_tiny_model(grid, stage):
             assert (b["episodes"], b["max_turns_cap"]) == (128, 50)
     elif stage.kind == "data":
         assert _macro("THINKING") is True and _macro("MODEL_PATH") == "tiny"
+        b = gin.get_bindings(T.train)  # what agentrl_jax.expert_data reads of the policy
+        assert b["model_path"] == "tiny" and b["thinking"] is True and b["temperature"] == 1.0
         assert any(a == f"--out={stage.output}" for a in stage.args)
     elif stage.kind == "sft":
         import agentrl_jax.sft as SFT
