@@ -235,7 +235,7 @@ def run_study(spec: Mapping[str, Any], dry_run: bool = False, only: Sequence[str
 
 def tables(spec: Mapping[str, Any]) -> Dict[str, Any]:
     """The study's tables (agentrl_jax.study_tables) from the evaluations found in the grid's eval folders."""
-    from agentrl_jax import study_tables  # noqa: PLC0415 (matplotlib and the evaluator load only here)
+    from agentrl_jax import study_tables  # noqa: PLC0415 (matplotlib loads only here)
 
     by_name = {st.name: st for st in spec["stages"]}
     runs, starts, properties = [], {}, None
@@ -269,6 +269,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
+    from agentrl_jax import study_tables  # noqa: F401, PLC0415 (imports the evaluator, a gin configurable: before gin locks)
     from agentrl_jax.train import parse_gin  # noqa: PLC0415 (the same gin handling as the entry points)
 
     args = parse_args(sys.argv[1:] if argv is None else argv)

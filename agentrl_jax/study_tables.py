@@ -28,6 +28,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 
 from agentrl_jax import protocol, report
+from agentrl_jax.env_properties import AXES, TARGETS, scatter_points
 from agentrl_jax.evaluate import id_column, summarise_entry
 
 START = "start"
@@ -255,8 +256,6 @@ def env_axes(groups: Mapping[GroupKey, GroupMatrix], properties_json: Optional[s
              key: GroupKey = ("v2", True, False)) -> Dict[str, Any]:
     """Scatters of both axes against the ranking score and mean OOD success of one group (the study: V2 start,
     thinking, no augmentation; Table 1), when the properties were measured and the group exists."""
-    from agentrl_jax.env_properties import AXES, TARGETS, scatter_points  # noqa: PLC0415
-
     if properties_json is None or not os.path.isfile(properties_json) or key not in groups:
         return {}
     with open(properties_json) as f:
