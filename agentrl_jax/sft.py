@@ -13,6 +13,12 @@ into <output_dir>/data/<name>.jsonl (and read from there on a resume).
 """
 from __future__ import annotations
 
+if __name__ == "__main__":  # `python -m agentrl_jax.sft`: run the package's module, so gin registers `sft` once
+    from agentrl_jax.sft import main
+
+    main()
+    raise SystemExit(0)
+
 import functools
 import json
 import logging as _pylogging
@@ -244,6 +250,3 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         raise SystemExit(f"error: {e}\n(run with --verbose for the traceback)") from None
     print(json.dumps({k: round(v, 4) for k, v in metrics.items()}))
 
-
-if __name__ == "__main__":
-    main()

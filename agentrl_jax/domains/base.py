@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
-from typing import Any, Callable, ClassVar, Dict, Optional, Sequence, Tuple, Type
+from typing import Any, Callable, ClassVar, Dict, List, Optional, Sequence, Tuple, Type
 
 import jax
 import numpy as np
@@ -134,13 +134,31 @@ class Domain(abc.ABC):
         """Domain-specific scalars for TensorBoard (distinct levels, env restarts, ...), already prefixed."""
         return {}
 
-    def expert_samples(self, num_tasks: int, seed: int, max_response_tokens: int, data: str = "solver"):
+    def sft_tasks(self, num_tasks: int, seed: int) -> Tasks:
+        """Training-split tasks for SFT data (expert or a policy's rollouts), a function of `seed` alone; never
+        a held-out task (text domains: the train split's games / variations / goals)."""
+        return Tasks(stream_seeds(seed, TRAIN_STREAM, 0, num_tasks), None, self.train_split)
+
+    def expert_records(self, num_tasks: int, seed: int, data: str = "expert") -> List[dict]:
+        """The expert's state->action records (`sft_data.record`) on `sft_tasks(num_tasks, seed)`: prompt ids as
+        the rollout builds them for each turn, answer ids with the stop id; only episodes the expert wins."""
         raise NotImplementedError(f"the {self.name} domain has no expert data for SFT yet; set train.sft_steps = 0.")
 
-    def expert_records(self, num_tasks: int, seed: int, data: str = "expert"):
-        """State-action records (`agentrl_jax.sft_data.record`) of the domain's expert on `num_tasks` training
-        tasks, in exactly the prompt layout its rollout builds."""
-        raise NotImplementedError(f"the {self.name} domain has no expert data for SFT yet.")
+    def expert_reason(self, step, action: str) -> str:
+        """The template rationale of an expert action in a state (`expert_data.expert_rationale`)."""
+        return ""
+
+    @property
+    def pad_id(self) -> int:
+        tok = self.chat.tokenizer
+        return int(tok.pad_token_id if tok.pad_token_id is not None else 0)
+
+    def expert_samples(self, num_tasks: int, seed: int, max_response_tokens: int, data: str = "solver"):
+        """`expert_records` packed as window samples [prompt P | answer N] (`sft_data.pack`)."""
+        from agentrl_jax import sft_data  # noqa: PLC0415
+
+        return sft_data.pack(self.expert_records(num_tasks, seed, data), self.max_prompt_tokens,
+                             max_response_tokens, self.pad_id)
 
     def close(self) -> None:
         """Stop worker processes (pools are started lazily, on a split's first episode)."""

@@ -7,7 +7,7 @@ training level that equals one of them is replaced by a fresh draw.
 from __future__ import annotations
 
 import functools
-from typing import Dict, Optional
+from typing import Dict, List, Optional
 
 import gin
 import jax
@@ -20,7 +20,7 @@ from agentrl_jax import heldout
 from agentrl_jax.domains.base import (HELD_OUT_STREAM, SFT_VALIDATION_STREAM, TRAIN_STREAM, Domain, Tasks, register,
                                       stream_keys, stream_seeds)
 from agentrl_jax.rollout import SokobanHostTask, sokoban_device_rollout
-from agentrl_jax.expert_data import sokoban_expert_records, sokoban_expert_samples
+from agentrl_jax.expert_data import sokoban_expert_records
 from agentrl_jax.sokoban_prompt import SokobanPrompter
 
 SPLIT_STREAMS = {"heldout": HELD_OUT_STREAM, "sft_validation": SFT_VALIDATION_STREAM}
@@ -90,15 +90,16 @@ class SokobanDomain(Domain):
         """Distinct training levels drawn so far and their overlap with the held-out sets."""
         return heldout.level_metrics(self.seen_levels, self.level_sets["heldout"], self.level_sets["sft_validation"])
 
-    def expert_samples(self, num_tasks: int, seed: int, max_response_tokens: int, data: str = "solver"):
-        """Solver (or format-only) samples on fresh levels that avoid both held-out sets by content."""
+    def sft_tasks(self, num_tasks: int, seed: int) -> Tasks:
+        """Fresh levels from `seed` that avoid both held-out sets by content (task id = index)."""
         keys = self.reserved_levels.exclude(self.env, jax.random.split(jax.random.PRNGKey(seed), num_tasks)).keys
-        return sokoban_expert_samples(self.env, self.prompter, num_tasks, seed, max_response_tokens, data, keys=keys)
+        return Tasks(np.arange(num_tasks), keys, self.train_split)
 
-    def expert_records(self, num_tasks: int, seed: int, data: str = "solver"):
-        """The solver's records (`sft_data.record`) on fresh levels that avoid both held-out sets by content."""
-        keys = self.reserved_levels.exclude(self.env, jax.random.split(jax.random.PRNGKey(seed), num_tasks)).keys
-        return sokoban_expert_records(self.env, self.prompter, num_tasks, seed, data, keys=keys)
+    def expert_records(self, num_tasks: int, seed: int, data: str = "expert") -> List[dict]:
+        """Solver (data "expert" / "solver") or format-only ("format") records on `sft_tasks` levels; only levels
+        the solver solves."""
+        return sokoban_expert_records(self.env, self.prompter, num_tasks, seed, data,
+                                      keys=self.sft_tasks(num_tasks, seed).keys)
 
     def blind_success(self, split: str = "sft_validation", n_tasks: Optional[int] = None) -> float:
         """The best a policy that ignores the board can do on a level set: repeat one action (the best of the

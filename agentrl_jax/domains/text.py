@@ -7,7 +7,7 @@ deterministically inside the env, so a fixed held-out set is the seeds 0..n-1 of
 from __future__ import annotations
 
 import functools
-from typing import Callable, Dict, Optional
+from typing import Callable, Dict, List, Optional
 
 import gin
 import numpy as np
@@ -111,6 +111,13 @@ class TextDomain(Domain):
         return PoolTask(self.pool(tasks.split), list(range(tasks.num_episodes)), [int(s) for s in tasks.seeds],
                         self.chat, self.prompt_fn, self.max_steps, augmenter=augmenter)
 
+    def expert_records(self, num_tasks: int, seed: int, data: str = "expert") -> List[dict]:
+        """The env's expert (`expert_actions()`) on `sft_tasks(num_tasks, seed)`, played through a real
+        `PoolTask` (`expert_data.text_expert_records`); only the episodes the env reports as won are kept."""
+        from agentrl_jax import expert_data  # noqa: PLC0415
+
+        return expert_data.text_expert_records(self, num_tasks, seed, data)
+
     def pool_stats(self) -> Dict[str, int]:
         """Restarts, timeouts, crashes and env errors summed over this domain's pools, closed ones included."""
         out = dict(self._closed_stats)
@@ -157,6 +164,11 @@ class AlfWorldDomain(TextDomain):
         return {**super().augment_context(ts, first_ts), "admissible_actions": list(ts.admissible_actions),
                 "entities": list(first_ts.info.get("entities") or ())}
 
+    def expert_reason(self, step, action: str) -> str:
+        from agentrl_jax.expert_data import alfworld_reason  # noqa: PLC0415
+
+        return alfworld_reason(step.task, step.observation, action)
+
     def prompt_fn(self, ts, history, turn: int) -> str:
         from envs.alfworld import build_prompt  # noqa: PLC0415
 
@@ -179,6 +191,11 @@ class SciWorldDomain(TextDomain):
         from envs.sciworld import SciWorldEnv  # noqa: PLC0415
 
         return functools.partial(SciWorldEnv, split=split, max_steps=self.max_steps, **self.options)
+
+    def expert_reason(self, step, action: str) -> str:
+        from agentrl_jax.expert_data import sciworld_reason  # noqa: PLC0415
+
+        return sciworld_reason(step.task, step.observation, action, step.admissible_actions)
 
     def prompt_fn(self, ts, history, turn: int) -> str:
         from envs.sciworld import build_prompt  # noqa: PLC0415

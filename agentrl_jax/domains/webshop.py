@@ -46,6 +46,25 @@ class WebShopDomain(TextDomain):
         catalog = load_catalog(env_setting("data_path", self.options), env_setting("goal_seed", self.options, 233))
         return len(catalog.split_goals(self.check_split(split)))
 
+    @functools.cached_property
+    def catalog(self):
+        """The catalog the envs read (products and goals; no index, no tagger), for the expert's rationale."""
+        from envs.webshop.data import load_catalog  # noqa: PLC0415
+        from envs.webshop.env import env_setting  # noqa: PLC0415
+
+        return load_catalog(env_setting("data_path", self.options), env_setting("goal_seed", self.options, 233))
+
+    def expert_reason(self, step, action: str) -> str:
+        """From the episode's goal (the step's split and goal index) and the product the action opens."""
+        from agentrl_jax.expert_data import webshop_reason  # noqa: PLC0415
+        from envs.webshop.env import parse_action  # noqa: PLC0415
+
+        goal = self.catalog.split_goals(step.info["split"])[int(step.info["goal_index"])]
+        _, arg = parse_action(action) or ("", "")
+        product = self.catalog.by_asin.get(goal["asin"]) if arg == goal["asin"].lower() else None
+        price = self.catalog.prices.get(goal["asin"]) if product is not None else None
+        return webshop_reason(goal, product, price, step.observation, action)
+
     def augment_context(self, ts, first_ts) -> dict:
         """Distractor view by page: ads and fake products on results pages ("search"), trivial features and ads
         on the search, item and sub pages ("detail")."""
