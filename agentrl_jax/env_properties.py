@@ -271,7 +271,8 @@ def load_measurement_policy(model_path: str, tokenizer_path: Optional[str] = Non
                          f"run's train.output_dir.")
     lora_settings = None
     if run_dir is not None and os.path.isfile(os.path.join(run_dir, "operative_config.gin")):
-        from agentrl_jax.evaluate import run_lora  # noqa: PLC0415 (the run's adapters, from its operative config)
+        with gin.unlock_config():  # the evaluator's module registers a configurable; the entry point locked gin
+            from agentrl_jax.evaluate import run_lora  # noqa: PLC0415 (the run's adapters, from its operative config)
 
         lora_settings = run_lora(run_dir)
     model, tokenizer = load_policy(model_path, lora_settings=lora_settings)

@@ -90,8 +90,11 @@ def _augmentation_of(config_text: str) -> str:
     scopes that add distractors (epsilon > 0 and p > 0; a scope falls back to the unscoped values), "none"
     without any. The operative config lists every domain's scope, at its defaults too."""
     values: Dict[str, Dict[str, str]] = {}
+    # A value bound to a macro (`sokoban/augment.epsilon = %AUG_EPSILON`) reads the macro's value.
+    macros = dict(re.findall(r"^([A-Z_][A-Z0-9_]*)\s*=\s*(.+?)\s*$", config_text, re.M))
     for m in re.finditer(r"^(?:(\w+)/)?augment\.(\w+)\s*=\s*(.+?)\s*$", config_text, re.M):
-        values.setdefault(m.group(1) or "", {})[m.group(2)] = m.group(3)
+        v = m.group(3)
+        values.setdefault(m.group(1) or "", {})[m.group(2)] = macros.get(v[1:], v) if v.startswith("%") else v
 
     def number(scope, name, default):
         v = values.get(scope, {}).get(name, values.get("", {}).get(name, default))
@@ -464,11 +467,14 @@ def _results(rows: Sequence[Row], cols: Sequence[str], cells, seeds, domain_meta
         for col in cols:
             entries[row.name][col] = summarise_entry(cells[(row.name, col)], row.steps, seeds, n_boot, level)
     start = START_ROW if any(r.name == START_ROW for r in rows) else None
+    # Without a starting policy (only runs evaluated, e.g. one run per evaluation), the matrix has an empty
+    # start row: no ΔID, the runs still ranked against each other.
+    empty_start = {} if start is not None else {START_ROW: {c: None for c in cols}}
     matrix = protocol.SuccessMatrix(
-        rows=tuple(r.name for r in rows), cols=tuple(cols),
-        success={r.name: {c: entries[r.name][c]["success"] for c in cols} for r in rows},
-        start_row=start if start is not None else rows[0].name,
-        train_domain={r.name: id_column(r.train_domain, cols) for r in rows})
+        rows=tuple(empty_start) + tuple(r.name for r in rows), cols=tuple(cols),
+        success={**empty_start, **{r.name: {c: entries[r.name][c]["success"] for c in cols} for r in rows}},
+        start_row=START_ROW,
+        train_domain={**{k: None for k in empty_start}, **{r.name: id_column(r.train_domain, cols) for r in rows}})
     out: Dict[str, Any] = {
         "matrix": _matrix_json(matrix),
         "entries": entries,
@@ -506,7 +512,8 @@ def matrix_of(results: Mapping[str, Any]) -> protocol.SuccessMatrix:
 
 def _write_outputs(output_dir: str, results: Dict[str, Any], logger: MetricsLogger) -> None:
     matrix = matrix_of(results)
-    intervals = {r: {c: tuple(results["entries"][r][c]["interval"]) for c in matrix.cols} for r in matrix.rows}
+    intervals = {r: {c: tuple(results["entries"][r][c]["interval"]) for c in matrix.cols} for r in matrix.rows
+                 if r in results["entries"]}
     md = ["# Cross-domain evaluation", "",
           "Success (%), pass@1 per task, averaged over checkpoints x seeds; 95% interval in brackets; ID cells as "
           "ΔID over the starting policy.", "", report.markdown_table(matrix, intervals=intervals), ""]

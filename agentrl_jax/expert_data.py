@@ -415,7 +415,8 @@ def load_rollout_policy(run_dir: Optional[str] = None, step: Optional[int] = Non
     """(graphdef, params, tokenizer, thinking, source) of a training run's checkpoint (`step`, default the
     latest; the run's model, thinking setting and LoRA adapters from its operative config) or of a base model
     folder (`model_path`, with `thinking`). The evaluator's rows and policy cache do the loading."""
-    from agentrl_jax import evaluate as ev  # noqa: PLC0415
+    with gin.unlock_config():  # the evaluator's module registers a gin configurable; main() has locked gin
+        from agentrl_jax import evaluate as ev  # noqa: PLC0415
     from agentrl_jax import sharding  # noqa: PLC0415
 
     if (run_dir is None) == (model_path is None):

@@ -11,6 +11,7 @@ import dataclasses
 import os
 from typing import Dict, Optional, Tuple
 
+import gin
 import jax
 import numpy as np
 from flax import nnx
@@ -116,7 +117,11 @@ class PolicyCore:
         if not os.path.isdir(folder):
             raise ValueError(f"init_from {run_dir!r} has no checkpoints/ folder; point it at a finished RL or SFT "
                              f"run's output_dir.")
-        from agentrl_jax.evaluate import run_lora  # noqa: PLC0415 (the source run's adapters, from its config)
+        # The evaluator's module registers a gin configurable; an entry point has parsed and locked its config by
+        # now (`python -m agentrl_jax.train` with train.init_from crashed: "add a new configurable after the
+        # config was locked"). A top-level import would register `evaluate` twice under `-m agentrl_jax.evaluate`.
+        with gin.unlock_config():
+            from agentrl_jax.evaluate import run_lora  # noqa: PLC0415 (the source run's adapters, from its config)
 
         if os.path.isfile(os.path.join(run_dir, "operative_config.gin")) and run_lora(run_dir).rank > 0:
             raise ValueError(f"init_from {run_dir!r} is a LoRA run: its checkpoints hold adapters only, not a model "
