@@ -125,7 +125,8 @@ class SuccessMatrix:
 
     rows: the starting policy (`start_row`) and one row per trained policy; cols: evaluation domains.
     train_domain[row] is the column that row was trained on (its in-distribution, ID, column), or None for
-    the start row. Every other evaluated column of a row is out-of-distribution (OOD).
+    the start row and for a policy trained on no single domain (an SFT run on a mix: no ID cell, no ΔID).
+    Every other evaluated column of a row is out-of-distribution (OOD).
     """
     rows: Tuple[str, ...]
     cols: Tuple[str, ...]
@@ -149,8 +150,9 @@ class SuccessMatrix:
             col = self.train_domain.get(row)
             if col is not None and col not in self.cols:
                 raise ValueError(f"row {row!r} trains on {col!r}, which is not a column of {self.cols}")
-            if row != self.start_row and col is None:
-                raise ValueError(f"row {row!r} needs its training domain in train_domain")
+            if row not in self.train_domain:
+                raise ValueError(f"row {row!r} needs its training domain in train_domain (None for a policy "
+                                 f"trained on no single domain, e.g. an SFT mix: all its columns are OOD)")
 
     def cell(self, row: str, col: str) -> Optional[float]:
         return self.success[row].get(col)
