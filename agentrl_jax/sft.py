@@ -21,9 +21,7 @@ if __name__ == "__main__":  # `python -m agentrl_jax.sft`: run the package's mod
 
 import functools
 import json
-import logging as _pylogging
 import os
-import sys
 from typing import Dict, List, Mapping, Optional, Sequence
 
 import gin
@@ -169,6 +167,11 @@ def sft(
     check_sources(data, mix, init_from)
     distributed.initialize()
     mesh = mesh or sharding.make_mesh()
+    divisor = sharding.batch_divisor(mesh)
+    if micro % divisor:
+        raise ValueError(f"sft.batch_size / micro-batches = {micro} samples must divide over the mesh's batch axes "
+                         f"({divisor} devices): set sft.batch_size (or sft.micro_batch_size) to a multiple of "
+                         f"{divisor}.")
     os.makedirs(output_dir, exist_ok=True)
     core = PolicyCore(model_path=model_path, mesh=mesh, thinking=thinking, logits_chunk_size=logits_chunk_size)
     sources = load_sources(data, core, os.path.join(output_dir, "data"), seed)
@@ -237,18 +240,6 @@ def _source_counts(plan: Sequence[dict]) -> Dict[str, int]:
 
 # ------------------------------------------------------------------------------------------------ CLI
 def main(argv: Optional[Sequence[str]] = None) -> None:
-    from agentrl_jax.train import USER_ERRORS, parse_args, parse_gin  # noqa: PLC0415 (train imports this module)
+    from agentrl_jax.train import run_entry_point  # noqa: PLC0415 (train imports this module)
 
-    _pylogging.basicConfig(level=_pylogging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    args = parse_args(sys.argv[1:] if argv is None else argv)
-    if not args.gin_file and not args.gin_bindings:
-        raise SystemExit("error: pass --gin_file=gin/experiments/<experiment>.gin (an SFT run; see gin/runs/sft.gin).")
-    parse_gin(args.gin_file, args.gin_bindings, [p for p in args.gin_search_paths.split(",") if p])
-    try:
-        metrics = sft()
-    except USER_ERRORS as e:
-        if args.verbose:
-            raise
-        raise SystemExit(f"error: {e}\n(run with --verbose for the traceback)") from None
-    print(json.dumps({k: round(v, 4) for k, v in metrics.items()}))
-
+    run_entry_point(sft, argv, "an SFT run; see gin/runs/sft.gin")

@@ -704,20 +704,26 @@ def parse_gin(gin_files: Sequence[str], bindings: Sequence[str], search_paths: S
         _pylogging.disable(_pylogging.NOTSET)
 
 
-def main(argv: Optional[Sequence[str]] = None) -> None:
+def run_entry_point(entry, argv: Optional[Sequence[str]], usage: str, shown=lambda k: True) -> None:
+    """The CLI of a gin entry point (`train`, `sft`): parse the gin files and bindings, run `entry()`, print the
+    shown metrics as JSON; a configuration error is one message that names the fix (--verbose: the traceback)."""
     _pylogging.basicConfig(level=_pylogging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = parse_args(sys.argv[1:] if argv is None else argv)
     if not args.gin_file and not args.gin_bindings:
-        raise SystemExit("error: pass --gin_file=gin/experiments/<experiment>.gin (see README).")
+        raise SystemExit(f"error: pass --gin_file=gin/experiments/<experiment>.gin ({usage}).")
     parse_gin(args.gin_file, args.gin_bindings, [p for p in args.gin_search_paths.split(",") if p])
     try:
-        metrics = train()
+        metrics = entry()
     except USER_ERRORS as e:
         # A bad value, a missing model folder or data path: one message that names the fix, no traceback.
         if args.verbose:
             raise
         raise SystemExit(f"error: {e}\n(run with --verbose for the traceback)") from None
-    print(json.dumps({k: round(v, 4) for k, v in metrics.items() if k.startswith(("eval/", "success"))}))
+    print(json.dumps({k: round(v, 4) for k, v in metrics.items() if shown(k)}))
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    run_entry_point(train, argv, "see README", shown=lambda k: k.startswith(("eval/", "success")))
 
 
 if __name__ == "__main__":
