@@ -45,7 +45,8 @@ def _parse_expert_source(name: str, spec: str):
     return parts[0], int(parts[1])
 
 
-def check_sources(data: Mapping[str, str], mix: Optional[Mapping[str, float]], init_from: Optional[str]) -> None:
+def check_sources(data: Mapping[str, str], mix: Optional[Mapping[str, float]], init_from: Optional[str],
+                  resuming: bool = False) -> None:
     """Bad data settings fail before the model loads, each with the fix."""
     if not data:
         raise ValueError("sft.data is empty: name at least one source, e.g. sft.data = {'sokoban': "
@@ -59,7 +60,7 @@ def check_sources(data: Mapping[str, str], mix: Optional[Mapping[str, float]], i
     unknown = sorted(set(mix or {}) - set(data))
     if unknown:
         raise ValueError(f"sft.mix names {unknown} with no data; sft.data has {sorted(data)}.")
-    if init_from and not os.path.isdir(os.path.join(init_from, "checkpoints")):
+    if init_from and not resuming and not os.path.isdir(os.path.join(init_from, "checkpoints")):
         raise ValueError(f"sft.init_from {init_from!r} has no checkpoints/ folder; point it at a finished RL or SFT "
                          f"run's output_dir.")
 
@@ -164,7 +165,8 @@ def sft(
     micro = micro_batch_size or batch_size
     if micro < 1 or batch_size % micro:
         raise ValueError(f"sft.micro_batch_size={micro_batch_size} must divide sft.batch_size={batch_size}.")
-    check_sources(data, mix, init_from)
+    # A run with checkpoints of its own resumes from them (its init_from source is no longer read).
+    check_sources(data, mix, init_from, resuming=bool(ckpt_steps(os.path.join(output_dir, "checkpoints"))))
     distributed.initialize()
     mesh = mesh or sharding.make_mesh()
     divisor = sharding.batch_divisor(mesh)
@@ -178,10 +180,10 @@ def sft(
     plan = sample_plan(sources, mix, num_steps * batch_size, seed)
     p, n = packed_lengths(plan, max_prompt_tokens, max_response_tokens)
     samples = sft_data.pack(plan, p, n, core.pad_id)
-    with open(os.path.join(output_dir, "operative_config.gin"), "w") as f:
+    tx = sft_optimizer(num_steps)
+    with open(os.path.join(output_dir, "operative_config.gin"), "w") as f:  # after the optimizer: its settings too
         f.write(gin.operative_config_str())
 
-    tx = sft_optimizer(num_steps)
     params = core.params
     step_fn, opt_state, o_sh = make_sft_step(core, tx, params, p, batch_size // micro)
     key = jax.random.PRNGKey(seed)
@@ -228,6 +230,11 @@ def sft(
         checkpointer.close()
         logger.close()
     return last
+
+
+def ckpt_steps(folder: str):
+    """The step folders a checkpoint directory holds (none when it does not exist)."""
+    return sorted(int(d) for d in os.listdir(folder) if d.isdigit()) if os.path.isdir(folder) else []
 
 
 def _source_counts(plan: Sequence[dict]) -> Dict[str, int]:

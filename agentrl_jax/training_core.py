@@ -111,8 +111,13 @@ class PolicyCore:
     # ------------------------------------------------------------------------------------------- start
     def init_from(self, run_dir: str, params) -> Tuple[object, int]:
         """`params` with the language model's weights of another run's latest checkpoint (an RL or SFT run's
-        output_dir), and that step. Only the model is read: this run's LoRA adapters and value head keep their
-        fresh initialisation, and the optimizer starts anew (a new run, not a resume)."""
+        output_dir), and that step. Only the model is read: this run's value head keeps its fresh initialisation, and
+        the optimizer starts anew (a new run, not a resume). Full fine-tuning only (refused with LoRA)."""
+        if self.lora:
+            # The adapters' checkpoints would not record which base they sit on: a resume and the evaluator would
+            # join them to model_path's weights instead of this run's start.
+            raise ValueError(f"init_from {run_dir!r} with LoRA (lora.rank > 0) is not supported: the run's adapters "
+                             f"would be saved without the base they train on; use full fine-tuning (lora.rank = 0).")
         folder = os.path.join(run_dir, "checkpoints")
         if not os.path.isdir(folder):
             raise ValueError(f"init_from {run_dir!r} has no checkpoints/ folder; point it at a finished RL or SFT "
