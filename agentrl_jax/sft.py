@@ -31,7 +31,7 @@ import numpy as np
 from agentrl_jax import checkpoint as ckpt
 from agentrl_jax import distributed, domains, learner, optim, sft_data, sharding
 from agentrl_jax.logging import MetricsLogger
-from agentrl_jax.training_core import PolicyCore
+from agentrl_jax.training_core import PolicyCore, checkpoints_folder
 
 EXPERT_PREFIX = "expert:"
 
@@ -60,9 +60,8 @@ def check_sources(data: Mapping[str, str], mix: Optional[Mapping[str, float]], i
     unknown = sorted(set(mix or {}) - set(data))
     if unknown:
         raise ValueError(f"sft.mix names {unknown} with no data; sft.data has {sorted(data)}.")
-    if init_from and not resuming and not os.path.isdir(os.path.join(init_from, "checkpoints")):
-        raise ValueError(f"sft.init_from {init_from!r} has no checkpoints/ folder; point it at a finished RL or SFT "
-                         f"run's output_dir.")
+    if init_from and not resuming:
+        checkpoints_folder(init_from, "sft.init_from")
 
 
 def load_sources(data: Mapping[str, str], core: PolicyCore, data_dir: str, seed: int) -> Dict[str, List[dict]]:

@@ -23,6 +23,15 @@ from agentrl_jax.models import lora
 from agentrl_jax.policy import load_policy, rollout_params_fn
 
 
+def checkpoints_folder(run_dir: str, binding: str = "init_from") -> str:
+    """A run's checkpoints/ folder, or a ValueError naming `binding` when `run_dir` has none."""
+    folder = os.path.join(run_dir, "checkpoints")
+    if not os.path.isdir(folder):
+        raise ValueError(f"{binding} {run_dir!r} has no checkpoints/ folder; point it at a finished RL or SFT run's "
+                         f"output_dir.")
+    return folder
+
+
 class PolicyCore:
     """model_path: a model folder (`load_policy`); thinking: the chat format's answer layout; with_value_head: a
     critic for PPO; logits_chunk_size: response positions per logits slice in the losses."""
@@ -118,10 +127,7 @@ class PolicyCore:
             # join them to model_path's weights instead of this run's start.
             raise ValueError(f"init_from {run_dir!r} with LoRA (lora.rank > 0) is not supported: the run's adapters "
                              f"would be saved without the base they train on; use full fine-tuning (lora.rank = 0).")
-        folder = os.path.join(run_dir, "checkpoints")
-        if not os.path.isdir(folder):
-            raise ValueError(f"init_from {run_dir!r} has no checkpoints/ folder; point it at a finished RL or SFT "
-                             f"run's output_dir.")
+        folder = checkpoints_folder(run_dir)
         # The evaluator's module registers a gin configurable; an entry point has parsed and locked its config by
         # now (`python -m agentrl_jax.train` with train.init_from crashed: "add a new configurable after the
         # config was locked"). A top-level import would register `evaluate` twice under `-m agentrl_jax.evaluate`.
