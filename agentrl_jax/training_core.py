@@ -121,7 +121,9 @@ class PolicyCore:
     def init_from(self, run_dir: str, params) -> Tuple[object, int]:
         """`params` with the language model's weights of another run's latest checkpoint (an RL or SFT run's
         output_dir), and that step. Only the model is read: this run's value head keeps its fresh initialisation, and
-        the optimizer starts anew (a new run, not a resume). Full fine-tuning only (refused with LoRA)."""
+        the optimizer starts anew (a new run, not a resume). A LoRA source run's adapters are merged into its base
+        (the same model_path as this run's), so this run starts on the function that run ended with. This run must
+        fine-tune fully (refused with LoRA)."""
         if self.lora:
             # The adapters' checkpoints would not record which base they sit on: a resume and the evaluator would
             # join them to model_path's weights instead of this run's start.
@@ -132,11 +134,14 @@ class PolicyCore:
         # now (`python -m agentrl_jax.train` with train.init_from crashed: "add a new configurable after the
         # config was locked"). A top-level import would register `evaluate` twice under `-m agentrl_jax.evaluate`.
         with gin.unlock_config():
-            from agentrl_jax.evaluate import run_lora  # noqa: PLC0415 (the source run's adapters, from its config)
+            from agentrl_jax.evaluate import run_lora, run_settings  # noqa: PLC0415 (the source run's config)
 
-        if os.path.isfile(os.path.join(run_dir, "operative_config.gin")) and run_lora(run_dir).rank > 0:
-            raise ValueError(f"init_from {run_dir!r} is a LoRA run: its checkpoints hold adapters only, not a model "
-                             f"to start from; start from a full fine-tuning run (lora.rank = 0).")
+        has_config = os.path.isfile(os.path.join(run_dir, "operative_config.gin"))
+        source_lora = run_lora(run_dir) if has_config else lora.LoRAConfig()
+        if source_lora.enabled and run_settings(run_dir).get("model_path") != self.model_path:
+            raise ValueError(f"init_from {run_dir!r} is a LoRA run on model_path "
+                             f"{run_settings(run_dir).get('model_path')!r}: its adapters are merged into that base, so "
+                             f"this run needs the same model_path (it has {self.model_path!r}).")
         checkpointer = ckpt.Checkpointer(folder)
         try:
             step = checkpointer.latest_step()
@@ -144,13 +149,26 @@ class PolicyCore:
                 raise ValueError(f"init_from {run_dir!r}: no checkpoint in {folder} yet (has the run finished?).")
             trainable, model = lora.split_trainable(params)  # model: every weight but adapters and value head
             model_sh = lora.split_trainable(self.param_sh)[1]
-            restored = checkpointer.restore_params(step, sharding.abstract_with_shardings(model, model_sh))
+            if source_lora.enabled:
+                restored = self._merged_adapters(checkpointer, step, params, source_lora, model_sh)
+            else:
+                restored = checkpointer.restore_params(step, sharding.abstract_with_shardings(model, model_sh))
         finally:
             checkpointer.close()
-        params = lora.join(restored, trainable)
-        if self.lora:
-            self._frozen = lora.split_trainable(params)[1]
-        return params, step
+        return lora.join(restored, trainable), step
+
+    def _merged_adapters(self, checkpointer, step: int, params, config, model_sh):
+        """The model part of `params` (the base: model_path's weights) with a LoRA run's adapters of `step`
+        merged into its projection kernels (`lora.merged_kernel`, as `save_pretrained` exports them)."""
+        policy = nnx.merge(self.graphdef, params, copy=True)  # its own Variables: `params` stays the base
+        lora.add_adapters(policy.lm, config, mesh=self.mesh, rules=self.rules)
+        adapters = nnx.state(policy, nnx.LoRAParam)
+        adapter_sh = sharding.tree_shardings(adapters, self.mesh, self.rules)
+        nnx.update(policy, checkpointer.restore_params(step, sharding.abstract_with_shardings(adapters, adapter_sh)))
+        for _, proj in lora.target_projs(policy.lm, config.target_modules):
+            proj.kernel.set_value(lora.merged_kernel(proj))
+        model = lora.split_trainable(nnx.state(policy, nnx.Not(nnx.LoRAParam)))[1]
+        return jax.device_put(model, model_sh)
 
     def rollout_params(self, params):
         """The compute-dtype copy rollouts read (`policy.rollout_params_fn`)."""

@@ -11,6 +11,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
+from flax import nnx
 
 from agentrl_jax import checkpoint as ckpt
 from agentrl_jax import evaluate as E
@@ -124,3 +125,33 @@ def test_bad_sft_input_names_the_fix(tmp_path):
         _run(_bindings(tmp_path / "c", **{"sft.mix": {"other": 1}}))
     with pytest.raises(ValueError, match="no checkpoints/ folder"):
         _run(_bindings(tmp_path / "d", **{"sft.init_from": repr(str(tmp_path))}))
+
+
+def test_a_run_starts_from_a_lora_run_with_its_adapters_merged(tmp_path):
+    """A LoRA SFT run's checkpoints hold adapters only: init_from merges them into the shared base, so the new
+    (full fine-tuning) run starts on base + scale * lora_a @ lora_b in every target kernel, the rest untouched."""
+    out = tmp_path / "lora_sft"
+    _run(_bindings(out, **{"sft.num_steps": 2, "sft.checkpoint_every": 2, "lora.rank": 4, "lora.alpha": 8.0,
+                           "lora.target_modules": ["q_proj", "down_proj"]}))
+    saved = ocp.PyTreeCheckpointer().restore(os.path.join(out, "checkpoints", "2", "state"))["params"]
+    core = PolicyCore(model_path="tiny", mesh=T.sharding.make_mesh(), thinking=False)
+    params, step = core.init_from(str(out), core.params)
+    assert step == 2
+    base = {"/".join(map(str, k)): np.asarray(v.get_value()) for k, v in nnx.to_flat_state(core.params)}
+    started = {"/".join(map(str, k)): np.asarray(v.get_value()) for k, v in nnx.to_flat_state(params)}
+    assert started.keys() == base.keys()
+    merged = 0
+    for name, kernel in base.items():
+        block = name.split("/")[-2]
+        if block in ("q_proj", "down_proj"):
+            adapter = saved
+            for part in name.split("/")[:-1] + ["lora"]:  # .../q_proj/kernel -> .../q_proj/lora/{lora_a, lora_b}
+                adapter = adapter[part]
+            a, b = (np.asarray(adapter[w]["value"] if isinstance(adapter[w], dict) else adapter[w], np.float64)
+                    for w in ("lora_a", "lora_b"))
+            assert np.abs(b).max() > 0  # trained (lora_b starts at zero)
+            np.testing.assert_allclose(started[name], kernel + 2.0 * (a @ b).reshape(kernel.shape), atol=1e-6)
+            merged += 1
+        else:
+            np.testing.assert_array_equal(started[name], kernel)
+    assert merged == 2 * len(saved["lm"]["layers"])  # q_proj and down_proj of every layer

@@ -78,7 +78,7 @@ def lora_config(rank: int = 0, alpha: Optional[float] = None, target_modules: Se
     return LoRAConfig(int(rank), None if alpha is None else float(alpha), targets, int(seed))
 
 
-def _target_projs(lm: CausalLM, targets: Sequence[str]) -> Iterator[Tuple[str, Proj]]:
+def target_projs(lm: CausalLM, targets: Sequence[str]) -> Iterator[Tuple[str, Proj]]:
     for i, layer in enumerate(lm.layers):
         for block in (layer.attn, layer.mlp):
             for name in targets:
@@ -105,7 +105,7 @@ def add_adapters(lm: CausalLM, config: LoRAConfig, *, mesh: Optional[jax.shardin
     if has_adapters(nnx.state(lm)):
         raise ValueError("the model already carries LoRA adapters; add them once (load_policy does, from lora.*).")
     rngs = nnx.Rngs(params=config.seed)
-    for _, proj in _target_projs(lm, config.target_modules):
+    for _, proj in target_projs(lm, config.target_modules):
         d_in, d_out, in_name, out_name = _io(proj)
         meta_a = {"out_sharding": (in_name, None), "eager_sharding": False}
         meta_b = {"out_sharding": (None, out_name), "eager_sharding": False}
@@ -149,7 +149,7 @@ def merged_kernel(proj: Proj) -> jax.Array:
 def merged(lm: CausalLM) -> CausalLM:
     """A plain CausalLM (no adapters) whose projection kernels hold the adapters' contribution: the same
     function as `lm`, for export (`save_pretrained` writes this). Built on host, one weight at a time."""
-    merged_kernels = {path: merged_kernel(proj) for path, proj in _target_projs(lm, TARGETS) if proj.lora is not None}
+    merged_kernels = {path: merged_kernel(proj) for path, proj in target_projs(lm, TARGETS) if proj.lora is not None}
     flat = {tuple(str(p) for p in k): v for k, v in nnx.to_flat_state(nnx.state(lm, nnx.Not(nnx.LoRAParam)))}
 
     def value(path, shape, dtype, names):
