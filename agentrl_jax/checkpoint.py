@@ -20,8 +20,12 @@ Training-loop pattern::
         if preemption_requested(step):
             ckpt.maybe_save(step, state, extra_json=sampler.state(), force=True)
             ckpt.close()
-            sys.exit(0)
+            sys.exit(EXIT_PREEMPTED)   # not 0: the run is not finished (a scheduler / the study runner retries)
     ckpt.close()
+
+Retention: the last `keep` checkpoints *on the save_every schedule* (+ the best, + always the newest). An
+off-schedule save (a preemption at step 142, a final step off the grid) stays only until a newer one lands, so
+it never pushes an on-schedule step (105 of 105/120/135/150) out of the last `keep`.
 
 Multi-host: every process calls the same methods with the same step (Orbax coordinates the writes). For
 preemption use ``preemption_requested(step)`` every step: with more than one process it asks
@@ -31,6 +35,7 @@ make hosts disagree and hang in the collective save). The local SIGTERM flag is 
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging as _pylogging
 import os
@@ -84,13 +89,24 @@ def _rewrap_keys(abstract: Any, restored: Any) -> Any:
 
 # ----------------------------------------------------------------------------------------- preemption
 _PREEMPTED = threading.Event()
+EXIT_PREEMPTED = 75  # EX_TEMPFAIL: saved and stopped early; the same command resumes (exit 0 = finished)
+
+
+class Preempted(Exception):
+    """A run stopped by a preemption signal after saving `step` (raised once its checkpoints are closed); the
+    CLI turns it into exit status EXIT_PREEMPTED."""
+
+    def __init__(self, step: int, output_dir: str):
+        self.step, self.output_dir = int(step), output_dir
+        super().__init__(f"preempted: saved step {self.step} in {output_dir}; the run is not finished and will "
+                         f"resume from step {self.step} when started again with the same command")
 
 
 def install_preemption_handler(signals: Tuple[int, ...] = (signal.SIGTERM,)) -> None:
     """On `signals` (default SIGTERM) set a flag that :func:`preemption_requested` reports.
 
-    The handler only sets a flag: the loop finishes its current step, force-saves and exits 0. Must be
-    called from the main thread.
+    The handler only sets a flag: the loop finishes its current step, force-saves and exits EXIT_PREEMPTED
+    (raise :class:`Preempted`). Must be called from the main thread.
     """
 
     def handler(signum, frame):  # noqa: ARG001
@@ -121,6 +137,19 @@ def clear_preemption_flag() -> None:
 
 
 # ---------------------------------------------------------------------------------------- checkpointer
+@dataclasses.dataclass
+class LatestOnSchedule(ocm.PreservationPolicy):
+    """Preserves the last `n` checkpoints whose step is on the save schedule (step % every == 0)."""
+
+    n: int
+    every: int
+
+    def should_preserve(self, checkpoints, *, context):  # noqa: ARG002
+        on = [i for i, c in enumerate(checkpoints) if c.step % self.every == 0]
+        kept = set(on[-self.n:])
+        return [i in kept for i in range(len(checkpoints))]
+
+
 def _operative_gin() -> str:
     try:
         return gin.operative_config_str()
@@ -135,7 +164,7 @@ class Checkpointer:
     Args:
       directory: where step directories go (created; absolute or relative path).
       save_every: :meth:`maybe_save` writes when ``step % save_every == 0`` (or `force`).
-      keep: keep the last `keep` checkpoints.
+      keep: keep the last `keep` checkpoints on the save_every schedule (and the newest one, on it or not).
       best_metric: also keep the single best checkpoint by ``metrics[best_metric]`` (e.g. "eval/success").
       best_mode: "max" or "min" for `best_metric`.
       async_save: write in a background thread (training continues; call :meth:`wait` before reading).
@@ -160,7 +189,8 @@ class Checkpointer:
         self.save_every, self.keep = save_every, keep
         self.best_metric, self.best_mode = best_metric, best_mode
 
-        policies = [ocm.LatestN(n=keep)]
+        # The newest (whatever its step: a preemption save is needed to resume) + the last `keep` on schedule.
+        policies = [ocm.LatestN(n=1), LatestOnSchedule(n=keep, every=save_every)]
         best_fn = None
         if best_metric is not None:
             sign = 1.0 if best_mode == "max" else -1.0

@@ -198,6 +198,7 @@ def sft(
                  f"{num_steps} steps of {batch_size}")
     start = 0
     last: Dict[str, float] = {}
+    preempted_at: Optional[int] = None
     try:
         restored = checkpointer.restore_latest(core.abstract_state(params, opt_state, o_sh, key))
         if restored is not None:
@@ -222,12 +223,16 @@ def sft(
                                     extra_json={"step": step}, metrics=last, force=preempted or step == num_steps)
             if preempted:
                 logger.write(f"preemption requested: saved step {step}, exiting")
+                preempted_at = step
                 break
-        logger.write(f"sft done: {json.dumps({k: round(v, 4) for k, v in last.items()})}; checkpoints in "
-                     f"{checkpointer.directory}; start RL from it with train.init_from = '{output_dir}'")
+        if preempted_at is None:
+            logger.write(f"sft done: {json.dumps({k: round(v, 4) for k, v in last.items()})}; checkpoints in "
+                         f"{checkpointer.directory}; start RL from it with train.init_from = '{output_dir}'")
     finally:
         checkpointer.close()
         logger.close()
+    if preempted_at is not None:  # after the checkpoints are closed: the save is on disk
+        raise ckpt.Preempted(preempted_at, output_dir)
     return last
 
 

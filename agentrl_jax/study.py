@@ -11,11 +11,14 @@ stage is one subprocess of an existing entry point on its own gin file:
     properties  python -m agentrl_jax.env_properties --gin_file=G
 
 Stages run in dependency order (each stage's `after`; among ready stages V1, data, SFT, RL, evaluations, env
-axes). A stage that exits 0 and leaves its output (`output`: a run folder, a JSONL or JSON file) gets a done marker (<output_dir>/stages/<name>.done) and is skipped by later calls;
-a stage without one (never run, failed or killed) is run again with the same command, and the entry points
-resume by themselves (the trainer from its checkpoints, the evaluator from its finished cells). Each stage's
-output goes to <output_dir>/logs/<name>.log and to the console. At the end the study's tables are written to
-<output_dir>/tables/ from whatever has been evaluated so far (`agentrl_jax.study_tables`).
+axes). A stage that exits 0 and leaves its output (`output`: a run folder, a JSONL or JSON file; a run folder's
+latest checkpoint at its num_steps) gets a done marker (<output_dir>/stages/<name>.done) and is skipped by later
+calls; a stage without one (never run, failed, killed or preempted) is run again with the same command, and the
+entry points resume by themselves (the trainer from its checkpoints, the evaluator from its finished cells). Each
+stage's output goes to <output_dir>/logs/<name>.log and to the console. At the end the study's tables are written to
+<output_dir>/tables/ from whatever has been evaluated so far (`agentrl_jax.study_tables`). A SIGINT/SIGTERM to
+the runner (a preemption) is passed on to the running stage (the trainer saves and exits 75); the runner then
+stops and exits 75 too.
 
     --dry_run         print each stage's state and exact command, run nothing
     --only=GLOB       run only matching stages (repeatable; their unfinished dependencies block them)
@@ -36,13 +39,14 @@ import signal
 import subprocess
 import sys
 import time
-from typing import Any, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import gin
 
 KIND_MODULES = {"v1": "agentrl_jax.train", "data": "agentrl_jax.expert_data", "sft": "agentrl_jax.sft",
                 "rl": "agentrl_jax.train", "eval": "agentrl_jax.evaluate", "properties": "agentrl_jax.env_properties"}
-KIND_ORDER = tuple(KIND_MODULES)  # among stages ready at once: V1, data, SFT (V2), RL runs, evaluations, axes
+KIND_ORDER = tuple(KIND_MODULES)
+EXIT_STOPPED = 75  # the runner stopped by a signal: = agentrl_jax.checkpoint.EXIT_PREEMPTED, the same command resumes  # among stages ready at once: V1, data, SFT (V2), RL runs, evaluations, axes
 
 
 @dataclasses.dataclass(frozen=True)
@@ -158,30 +162,54 @@ def stage_env(spec: Mapping[str, Any]) -> Dict[str, str]:
     return env
 
 
-def run_stage(stage: Stage, cmd: Sequence[str], log_path: str, echo=print, env=None) -> int:
-    """Run one stage's process, its output to `log_path` and (line by line) to `echo`; its exit status. A
-    SIGINT/SIGTERM to the runner is passed on to the stage, so a stopped study leaves no orphan behind."""
+def run_stage(stage: Stage, cmd: Sequence[str], log_path: str, echo=print, env=None) -> Tuple[int, bool]:
+    """Run one stage's process, its output to `log_path` and (line by line) to `echo`; (its exit status, whether
+    a SIGINT/SIGTERM to the runner was passed on to it). Passing it on lets the stage save (a preempted trainer
+    checkpoints) and leaves no orphan behind."""
     os.makedirs(os.path.dirname(log_path), exist_ok=True)
-    with open(log_path, "a") as log:
-        log.write(f"$ {shlex.join(cmd)}\n")
-        log.flush()
-        proc = subprocess.Popen(list(cmd), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
-                                env=env)
-        previous = {}
+    signalled: List[int] = []
+    proc: Optional[subprocess.Popen] = None
 
-        def forward(signum, _frame):
+    def forward(signum, _frame):
+        signalled.append(signum)
+        if proc is not None:
             proc.send_signal(signum)
 
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            previous[sig] = signal.signal(sig, forward)
-        try:
+    # Installed before the process starts: a signal in between is not lost (nor kills the runner alone).
+    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        with open(log_path, "a") as log:
+            log.write(f"$ {shlex.join(cmd)}\n")
+            log.flush()
+            proc = subprocess.Popen(list(cmd), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                    bufsize=1, env=env)
+            if signalled:
+                proc.send_signal(signalled[0])
             for line in proc.stdout:
                 log.write(line)
                 echo(f"[{stage.name}] {line.rstrip()}")
-            return proc.wait()
-        finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
+            return proc.wait(), bool(signalled)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+RUN_KINDS = ("v1", "rl", "sft")  # stages whose output is a training run folder
+
+
+def unfinished_run(stage: Stage) -> Optional[str]:
+    """Why a run stage that exited 0 is not finished (its latest checkpoint is not its configured num_steps, read
+    from the run's operative_config.gin), or None when it is."""
+    from agentrl_jax import evaluate  # noqa: PLC0415 (jax loads only when a run stage ends)
+
+    try:
+        want = int(evaluate.run_settings(stage.output)["num_steps"])
+        have = max(evaluate.run_steps(stage.output)) if want else 0  # num_steps 0 only evaluates: no checkpoint
+    except (ValueError, KeyError) as e:
+        return f"its run folder has no num_steps or checkpoint ({type(e).__name__}: {e})"
+    if have != want:
+        return f"its latest checkpoint is step {have}, not its num_steps {want}"
+    return None
 
 
 # ------------------------------------------------------------------------------------------ the runner
@@ -191,10 +219,11 @@ def selected(stage: Stage, only: Sequence[str]) -> bool:
 
 def run_study(spec: Mapping[str, Any], dry_run: bool = False, only: Sequence[str] = (), keep_going: bool = False,
               extra_bindings: Sequence[str] = (), python: str = sys.executable, echo=print) -> Dict[str, List[str]]:
-    """Run (or print) every selected stage in order; {"done", "ran", "failed", "blocked"}: stage names."""
+    """Run (or print) every selected stage in order; {"done", "ran", "failed", "blocked", "stopped"}: stage names
+    ("stopped": the stage that was running when a SIGINT/SIGTERM reached the runner, which then stops)."""
     out_dir = spec["output_dir"]
     bindings = [*spec["stage_bindings"], *extra_bindings]
-    status: Dict[str, List[str]] = {"done": [], "ran": [], "failed": [], "blocked": []}
+    status: Dict[str, List[str]] = {"done": [], "ran": [], "failed": [], "blocked": [], "stopped": []}
     env = stage_env(spec)
     if env.get("JAX_COMPILATION_CACHE_DIR"):
         echo(f"stages share JAX's compilation cache: JAX_COMPILATION_CACHE_DIR={env['JAX_COMPILATION_CACHE_DIR']}")
@@ -217,20 +246,36 @@ def run_study(spec: Mapping[str, Any], dry_run: bool = False, only: Sequence[str
             continue
         echo(f"run      {stage.name}: {shlex.join(cmd)}")
         t0 = time.perf_counter()
-        rc = run_stage(stage, cmd, os.path.join(out_dir, "logs", stage.name + ".log"), echo, env)
-        if rc == 0 and not os.path.exists(stage.output):
-            # An entry point that exits 0 without its output (e.g. a module with no CLI yet) is no finished stage.
-            echo(f"{stage.name} exited 0 but wrote no {stage.output}")
-            rc = -1
+        rc, signalled = run_stage(stage, cmd, os.path.join(out_dir, "logs", stage.name + ".log"), echo, env)
         if rc == 0:
+            why = not_finished(stage)
+            if why:
+                echo(f"{stage.name} exited 0 but {why}")
+                rc = -1
+        if rc == 0 and not signalled:
             write_marker(out_dir, stage, cmd, time.perf_counter() - t0)
             status["ran"].append(stage.name)
             continue
+        log_path = os.path.join(out_dir, "logs", stage.name + ".log")
+        if signalled:
+            # The runner was told to stop (a preemption, Ctrl-C): no marker, and no next stage; the same command
+            # resumes the stage (rc 0 included: a signal may arrive as the stage finishes).
+            status["stopped"].append(stage.name)
+            echo(f"STOPPED  {stage.name} (exit {rc}) by a signal; run the same command to resume. Its log: {log_path}")
+            break
         status["failed"].append(stage.name)
-        echo(f"FAILED   {stage.name} (exit {rc}); its log: {os.path.join(out_dir, 'logs', stage.name + '.log')}")
+        echo(f"FAILED   {stage.name} (exit {rc}); its log: {log_path}")
         if not keep_going:
             break
     return status
+
+
+def not_finished(stage: Stage) -> Optional[str]:
+    """Why a stage that exited 0 is no finished stage, or None: no output (e.g. a module with no CLI yet), or a
+    run whose checkpoints stop short of its num_steps (a preempted run that still exited 0)."""
+    if not os.path.exists(stage.output):
+        return f"wrote no {stage.output}"
+    return unfinished_run(stage) if stage.kind in RUN_KINDS else None
 
 
 def tables(spec: Mapping[str, Any]) -> Dict[str, Any]:
@@ -284,9 +329,12 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         status = run_study(spec, dry_run=args.dry_run, only=args.only, keep_going=args.keep_going,
                            extra_bindings=args.stage_binding)
         print(f"stages: {len(status['done'])} done before, {len(status['ran'])} "
-              f"{'to run' if args.dry_run else 'ran'}, {len(status['failed'])} failed, {len(status['blocked'])} blocked")
+              f"{'to run' if args.dry_run else 'ran'}, {len(status['failed'])} failed, {len(status['blocked'])} blocked"
+              f"{', 1 stopped by a signal' if status['stopped'] else ''}")
         if args.dry_run:
             return
+        if status["stopped"]:  # preempted: stop now (no tables), with the trainer's "not finished, resume" status
+            raise SystemExit(EXIT_STOPPED)
     out = tables(spec)
     print(f"tables: {len(out['groups'])} groups -> {os.path.join(spec['output_dir'], 'tables', 'tables.md')}")
     if not args.tables_only and (status["failed"] or status["blocked"]):

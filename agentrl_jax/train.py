@@ -472,6 +472,7 @@ def train(
     logger.gin_config(gin.operative_config_str())
     last: Dict[str, float] = {}
     first_eval: Optional[Dict[str, float]] = None  # this process's first evaluation, for the end-of-run summary
+    preempted_at: Optional[int] = None  # the step saved before a preemption stopped the run
     try:
         if restored is not None:
             start_step, state, extra = restored
@@ -502,6 +503,7 @@ def train(
             if out is None:  # preempted between minibatches: keep the state this step started from
                 checkpointer.maybe_save(step - 1, before, extra_json={"step": step - 1}, force=True)
                 logger.write(f"preemption requested during step {step}: saved step {step - 1}, exiting")
+                preempted_at = step - 1
                 break
             params, opt_state, metrics, batch, stats = out
             if eval_every and (step % eval_every == 0 or step == num_steps):
@@ -518,13 +520,16 @@ def train(
                                     force=preempted or step == num_steps)
             if preempted:
                 logger.write(f"preemption requested: saved step {step}, exiting")
+                preempted_at = step
                 break
-        if first_eval is not None and "eval/success_rate" in last:
+        if preempted_at is None and first_eval is not None and "eval/success_rate" in last:
             logger.write(run_summary(first_eval, last, output_dir))
     finally:
         checkpointer.close()
         logger.close()
         tr.close()  # stop every domain's env worker processes (and their JVMs)
+    if preempted_at is not None:  # after the checkpoints are closed: the save is on disk
+        raise ckpt.Preempted(preempted_at, output_dir)
     return last
 
 
@@ -706,7 +711,8 @@ def parse_gin(gin_files: Sequence[str], bindings: Sequence[str], search_paths: S
 
 def run_entry_point(entry, argv: Optional[Sequence[str]], usage: str, shown=lambda k: True) -> None:
     """The CLI of a gin entry point (`train`, `sft`): parse the gin files and bindings, run `entry()`, print the
-    shown metrics as JSON; a configuration error is one message that names the fix (--verbose: the traceback)."""
+    shown metrics as JSON; a configuration error is one message that names the fix (--verbose: the traceback); a
+    preempted run (saved, not finished) exits ckpt.EXIT_PREEMPTED."""
     _pylogging.basicConfig(level=_pylogging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = parse_args(sys.argv[1:] if argv is None else argv)
     if not args.gin_file and not args.gin_bindings:
@@ -714,6 +720,11 @@ def run_entry_point(entry, argv: Optional[Sequence[str]], usage: str, shown=lamb
     parse_gin(args.gin_file, args.gin_bindings, [p for p in args.gin_search_paths.split(",") if p])
     try:
         metrics = entry()
+    except ckpt.Preempted as e:
+        # Saved but not finished: a status other than 0, so a scheduler (or the study runner) does not take the
+        # run for done, and 75 (EX_TEMPFAIL), not 1, so it can tell a preemption from a failure.
+        print(f"{e}", flush=True)
+        raise SystemExit(ckpt.EXIT_PREEMPTED) from None
     except USER_ERRORS as e:
         # A bad value, a missing model folder or data path: one message that names the fix, no traceback.
         if args.verbose:

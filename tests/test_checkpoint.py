@@ -77,6 +77,24 @@ def test_keeps_last_k_and_best(tmp_path):
     ck.close()
 
 
+def test_an_off_schedule_save_never_pushes_an_on_schedule_one_out(tmp_path):
+    """A preemption save at 14 (schedule every 3, keep 2) is kept while it is the newest (it is what a resume
+    needs), then dropped once 15 lands: the last 2 on-schedule steps stay 12 and 15."""
+    state, _ = _state(sharding.make_mesh(1, 8, 1))
+    ck = checkpoint.Checkpointer(tmp_path, save_every=3, keep=2)
+    for step in (3, 6, 9, 12):
+        ck.maybe_save(step, state)
+    ck.maybe_save(14, state, force=True)
+    ck.wait()
+    assert ck.all_steps() == [9, 12, 14]
+    ck.maybe_save(15, state)
+    ck.wait()
+    assert ck.all_steps() == [12, 15]
+    ck.maybe_save(16, state, force=True)  # a final step off the schedule: the newest, kept
+    ck.close()
+    assert checkpoint.Checkpointer(tmp_path, save_every=3, keep=2).all_steps() == [12, 15, 16]
+
+
 @pytest.mark.parametrize("damage", ["metadata", "data"])
 def test_corrupt_latest_falls_back_to_previous(tmp_path, damage):
     state, abstract = _state(sharding.make_mesh(1, 8, 1))
@@ -175,7 +193,7 @@ def test_sigterm_saves_and_resume_matches_uninterrupted_run(tmp_path):
             proc.send_signal(signal.SIGTERM)
             break
     rest, _ = proc.communicate(timeout=300)
-    assert proc.returncode == 0, "".join(seen) + rest
+    assert proc.returncode == checkpoint.EXIT_PREEMPTED, "".join(seen) + rest  # saved, not finished
     preempted = [l for l in rest.splitlines() if l.startswith("preempted at step")]
     assert preempted, rest
     stopped_at = int(preempted[0].split()[-1])

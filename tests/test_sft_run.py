@@ -70,7 +70,7 @@ def test_sft_run_trains_and_has_an_rl_run_layout(sft_run):
     assert E.run_steps(str(out)) == [3, 6]
 
 
-def test_killed_sft_resumes_bit_identical(sft_run, tmp_path, monkeypatch):
+def test_killed_sft_resumes_bit_identical(sft_run, tmp_path, monkeypatch, capsys):
     out, _, _ = sft_run
     real = S.learner.with_counts
     calls = []
@@ -82,10 +82,17 @@ def test_killed_sft_resumes_bit_identical(sft_run, tmp_path, monkeypatch):
         return real(mb)
 
     monkeypatch.setattr(S.learner, "with_counts", with_counts_then_sigterm)
+    argv = [f"--gin_file={f}" for f in SFT_FILES] + [f"--gin_bindings={b}" for b in _bindings(tmp_path / "resumed")]
+    gin.clear_config()
     try:
-        _run(_bindings(tmp_path / "resumed"))
+        # The CLI: saved but not finished is exit 75 (not 0), with the step it resumes from.
+        with pytest.raises(SystemExit) as stopped:
+            S.main(argv)
     finally:
         ckpt.clear_preemption_flag()
+        gin.clear_config()
+    assert stopped.value.code == ckpt.EXIT_PREEMPTED == 75
+    assert "will resume from step 5 when started again" in capsys.readouterr().out
     monkeypatch.setattr(S.learner, "with_counts", real)
     assert sorted(int(d) for d in os.listdir(tmp_path / "resumed" / "checkpoints") if d.isdigit()) == [3, 5]
     _run(_bindings(tmp_path / "resumed"))

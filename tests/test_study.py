@@ -213,15 +213,28 @@ def test_dry_run_prints_every_stages_exact_command(tmp_path):
 
 
 FAKE = """#!/bin/sh
-# A stand-in for a stage's process: logs its call; the first call of a stage named in $KILL_FIRST kills itself
-# (as an OOM kill or a preemption would), any call of a stage in $FAIL exits 3.
+# A stand-in for a stage's process: logs its call and writes a run folder of 2 steps (operative config + the
+# checkpoints a trainer leaves); the first call of a stage named in $KILL_FIRST kills itself (as an OOM kill
+# would), any call of a stage in $FAIL exits 3, one in $SHORT exits 0 with only step 1 saved, and the first call
+# of one in $TERM_RUNNER sends SIGTERM to the runner (its parent) and, like the trainer, saves step 1 on the
+# forwarded SIGTERM and exits 75.
 echo "$@" >> "$CALLS"
 name=$(echo "$@" | sed 's/.*--gin_file=\\([^ ]*\\).*/\\1/')
 case " $FAIL " in *" $name "*) echo "failing $name"; exit 3;; esac
 case " $KILL_FIRST " in *" $name "*)
   if [ ! -f "$CALLS.$name.killed" ]; then touch "$CALLS.$name.killed"; kill -9 $$; fi;; esac
 case " $NO_OUTPUT " in *" $name "*) echo "nothing written"; exit 0;; esac
-mkdir -p "$OUT/$name"
+mkdir -p "$OUT/$name/checkpoints/1"
+echo "train.num_steps = 2" > "$OUT/$name/operative_config.gin"
+case " $TERM_RUNNER " in *" $name "*)
+  if [ ! -f "$CALLS.$name.termed" ]; then
+    touch "$CALLS.$name.termed"
+    trap 'echo "preempted: saved step 1"; exit 75' TERM
+    kill -TERM $PPID
+    while :; do sleep 0.05; done
+  fi;; esac
+case " $SHORT " in *" $name "*) echo "stopped at 1"; exit 0;; esac
+mkdir -p "$OUT/$name/checkpoints/2"
 echo "ok $name"
 """
 
@@ -246,7 +259,8 @@ def _spec(tmp_path):
 @pytest.fixture(autouse=True)
 def _fake_env(tmp_path, monkeypatch):
     monkeypatch.setenv("OUT", str(tmp_path / "out"))
-    monkeypatch.setenv("NO_OUTPUT", "")
+    for name in ("NO_OUTPUT", "SHORT", "TERM_RUNNER"):
+        monkeypatch.setenv(name, "")
 
 
 def _calls(path):
@@ -261,7 +275,7 @@ def test_a_finished_stage_is_skipped_and_a_killed_one_is_rerun(tmp_path, monkeyp
     py, spec, seen = _fake_python(tmp_path), _spec(tmp_path), []
     first = S.run_study(spec, python=py, echo=seen.append)
     # rl1 was killed: no marker, the run stops there (rl2, eval1 not started).
-    assert first == {"done": [], "ran": ["v1"], "failed": ["rl1"], "blocked": []}
+    assert first == {"done": [], "ran": ["v1"], "failed": ["rl1"], "blocked": [], "stopped": []}
     assert _calls(calls) == ["a", "b"]
     assert os.path.isfile(S.marker_path(spec["output_dir"], spec["stages"][0]))
     assert not os.path.exists(S.marker_path(spec["output_dir"], spec["stages"][1]))
@@ -269,7 +283,7 @@ def test_a_finished_stage_is_skipped_and_a_killed_one_is_rerun(tmp_path, monkeyp
     cache = os.environ.get("JAX_COMPILATION_CACHE_DIR", str(tmp_path / "jax_cache"))  # one set already wins
     assert seen[0] == f"stages share JAX's compilation cache: JAX_COMPILATION_CACHE_DIR={cache}"
     second = S.run_study(spec, python=py, echo=seen.append)
-    assert second == {"done": ["v1"], "ran": ["rl1", "rl2", "eval1"], "failed": [], "blocked": []}
+    assert second == {"done": ["v1"], "ran": ["rl1", "rl2", "eval1"], "failed": [], "blocked": [], "stopped": []}
     assert _calls(calls) == ["a", "b", "b", "c", "d"]  # v1 skipped, the killed rl1 run again
     log = open(os.path.join(spec["output_dir"], "logs", "rl1.log")).read()
     assert log.count("$ ") == 2 and "ok b" in log
@@ -286,7 +300,7 @@ def test_keep_going_runs_what_does_not_depend_on_a_failure(tmp_path, monkeypatch
     monkeypatch.setenv("FAIL", "b")
     spec = _spec(tmp_path)
     status = S.run_study(spec, python=_fake_python(tmp_path), keep_going=True, echo=lambda s: None)
-    assert status == {"done": [], "ran": ["v1", "rl2"], "failed": ["rl1"], "blocked": ["eval1"]}
+    assert status == {"done": [], "ran": ["v1", "rl2"], "failed": ["rl1"], "blocked": ["eval1"], "stopped": []}
     only = S.run_study(spec, python=_fake_python(tmp_path), only=["v*"], echo=lambda s: None)
     assert only["done"] == ["v1"] and only["ran"] == [] and _calls(calls) == ["a", "b", "c"]
 
@@ -300,6 +314,35 @@ def test_a_stage_that_exits_0_without_its_output_is_not_done(tmp_path, monkeypat
     status = S.run_study(spec, python=_fake_python(tmp_path), echo=seen.append)
     assert status["failed"] == ["v1"] and not S.is_done(spec["output_dir"], spec["stages"][0])
     assert f"v1 exited 0 but wrote no {tmp_path / 'out' / 'a'}" in seen
+
+
+def test_a_run_that_exits_0_short_of_its_num_steps_is_not_done(tmp_path, monkeypatch):
+    monkeypatch.setenv("CALLS", str(tmp_path / "calls"))
+    monkeypatch.setenv("KILL_FIRST", "")
+    monkeypatch.setenv("FAIL", "")
+    monkeypatch.setenv("SHORT", "b")
+    spec, seen = _spec(tmp_path), []
+    status = S.run_study(spec, python=_fake_python(tmp_path), echo=seen.append)
+    assert status["ran"] == ["v1"] and status["failed"] == ["rl1"]
+    assert not S.is_done(spec["output_dir"], spec["stages"][1])
+    assert "rl1 exited 0 but its latest checkpoint is step 1, not its num_steps 2" in seen
+
+
+def test_a_sigterm_to_the_runner_stops_it_after_the_stage_without_a_marker(tmp_path, monkeypatch):
+    """A preemption: the runner passes SIGTERM on, the stage saves and exits 75, the runner writes no marker and
+    starts nothing else; the next call resumes that stage."""
+    calls = str(tmp_path / "calls")
+    monkeypatch.setenv("CALLS", calls)
+    monkeypatch.setenv("KILL_FIRST", "")
+    monkeypatch.setenv("FAIL", "")
+    monkeypatch.setenv("TERM_RUNNER", "b")
+    py, spec, seen = _fake_python(tmp_path), _spec(tmp_path), []
+    first = S.run_study(spec, python=py, keep_going=True, echo=seen.append)  # even with keep_going
+    assert first == {"done": [], "ran": ["v1"], "failed": [], "blocked": [], "stopped": ["rl1"]}
+    assert _calls(calls) == ["a", "b"] and not S.is_done(spec["output_dir"], spec["stages"][1])
+    assert "[rl1] preempted: saved step 1" in seen and any(line.startswith("STOPPED  rl1 (exit 75)") for line in seen)
+    second = S.run_study(spec, python=py, echo=seen.append)
+    assert second["ran"] == ["rl1", "rl2", "eval1"] and _calls(calls) == ["a", "b", "b", "c", "d"]
 
 
 # ------------------------------------------------------------------------------------------ the tables

@@ -142,9 +142,11 @@ def test_preempted_between_minibatches_resumes_bit_identical(tmp_path, monkeypat
 
     monkeypatch.setattr(T.learner, "minibatches", minibatches_then_sigterm)
     try:
-        _run(TINY_FILES, _ppo_bindings(tmp_path / "resumed"))
+        with pytest.raises(ckpt.Preempted, match="resume from step 1 ") as stopped:  # saved, not finished
+            _run(TINY_FILES, _ppo_bindings(tmp_path / "resumed"))
     finally:
         ckpt.clear_preemption_flag()
+    assert stopped.value.step == 1
     ckpts = tmp_path / "resumed" / "checkpoints"
     assert sorted(int(d) for d in os.listdir(ckpts) if d.isdigit()) == [1]  # step 2 was abandoned mid-way
     monkeypatch.setattr(T.learner, "minibatches", real_minibatches)

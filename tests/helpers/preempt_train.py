@@ -5,7 +5,7 @@ is fold_in(PRNGKey(seed), step) and the sampler cursor goes in the checkpoint's 
 and resumed run must end bit-identical to an uninterrupted one.
 
     python tests/helpers/preempt_train.py --workdir D --steps 12 --out final.npz [--sleep 0.3]
-Exit 0 both when finished and when stopped by SIGTERM (after a forced checkpoint).
+Exit 0 when finished, checkpoint.EXIT_PREEMPTED (75) when stopped by SIGTERM (after a forced checkpoint).
 """
 import argparse
 import os
@@ -68,7 +68,7 @@ def main():
             ckpt.maybe_save(step, state, extra_json={"cursor": cursor}, force=True)
             ckpt.close()
             print(f"preempted at step {step}", flush=True)
-            sys.exit(0)
+            sys.exit(checkpoint.EXIT_PREEMPTED)
         time.sleep(a.sleep)
 
     ckpt.close()
