@@ -120,16 +120,28 @@ def run_steps(run_dir: str) -> List[int]:
     return steps
 
 
-def select_steps(available: Sequence[int], steps: Union[str, Sequence[int]], num_checkpoints: int) -> List[int]:
-    """"last" = the study's last `num_checkpoints`; "latest" = the newest; or an explicit list (all must exist)."""
+def select_steps(available: Sequence[int], steps: Union[str, Sequence[int]], num_checkpoints: int,
+                 every: Optional[int] = None, final: Optional[int] = None) -> List[int]:
+    """"last" = the study's last `num_checkpoints` on the run's schedule (`every`: its checkpoint_every, `final`:
+    its num_steps; an off-schedule preemption save does not count); "latest" = the newest; or an explicit list
+    (all must exist)."""
     if steps == "last":
-        return protocol.last_checkpoints(available, num_checkpoints)
+        return protocol.last_checkpoints(available, num_checkpoints, every, final)
     if steps == "latest":
         return [max(available)]
     missing = sorted(set(int(s) for s in steps) - set(available))
     if missing:
         raise ValueError(f"checkpoint steps {missing} do not exist (available: {list(available)}); fix evaluate.steps.")
     return sorted(int(s) for s in steps)
+
+
+def schedule_of(cfg: Mapping[str, Any]) -> Tuple[Optional[int], Optional[int]]:
+    """(checkpoint_every, num_steps) of a run's settings (train.* or sft.*; None where a value is not a number)."""
+    def number(name):
+        v = cfg.get(name)
+        return int(v) if isinstance(v, int) and not isinstance(v, bool) else None
+
+    return number("checkpoint_every"), number("num_steps")
 
 
 def files_fingerprint(folder: str) -> str:
@@ -174,7 +186,8 @@ def build_rows(start_model: Optional[str], runs: Mapping[str, str], steps, num_c
         domain = cfg.get("domain", cfg.get("env_name"))  # None: an SFT run, which has no training domain
         rows.append(Row(name, str(cfg.get("model_path", start_model)), None if domain is None else str(domain),
                         bool(cfg.get("thinking", True)), cfg["augmentation"], run_dir,
-                        tuple(select_steps(run_steps(run_dir), steps, num_checkpoints)), lora_config(**cfg["lora"])))
+                        tuple(select_steps(run_steps(run_dir), steps, num_checkpoints, *schedule_of(cfg))),
+                        lora_config(**cfg["lora"])))
     if not rows:
         raise ValueError("nothing to evaluate: set evaluate.start_model (a Hugging Face folder or 'tiny') and/or "
                          "evaluate.runs = {'<row name>': '<train.output_dir>'}.")

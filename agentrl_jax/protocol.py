@@ -102,17 +102,24 @@ def bootstrap_interval(success, n_boot: int = 2000, level: float = 0.95,
     return float(lo), float(hi)
 
 
-def last_checkpoints(steps: Sequence[int], n: int = 4) -> List[int]:
+def last_checkpoints(steps: Sequence[int], n: int = 4, every: Optional[int] = None,
+                     final: Optional[int] = None) -> List[int]:
     """The last n checkpoint steps, ascending (study: every 15 of 150 -> [105, 120, 135, 150]).
 
-    Fewer than n saved -> all of them (an early or short run still gets evaluated).
+    every / final: the run's checkpoint schedule and last step; when given, only steps on the schedule
+    (step % every == 0) or the final step count, so an off-schedule preemption save (142) does not push 105 out.
+    Fewer than n saved -> all of them (an early or short run still gets evaluated; one with no step on the
+    schedule yet, its off-schedule ones).
     """
     if n < 1:
         raise ValueError(f"last_checkpoints needs n >= 1, got {n}")
     if len(steps) == 0:
         raise ValueError("no checkpoint steps given: point the evaluator at a run directory that holds "
                          "saved checkpoints (train with a checkpoint interval > 0)")
-    return sorted(set(int(s) for s in steps))[-n:]
+    saved = sorted(set(int(s) for s in steps))
+    if every:
+        saved = [s for s in saved if s % int(every) == 0 or s == final] or saved
+    return saved[-n:]
 
 
 # ---------------------------------------------------------------------------------------------------------

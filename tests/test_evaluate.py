@@ -145,6 +145,19 @@ def test_cell_fingerprint_follows_checkpoint_files_and_settings(tmp_path):
     assert fp2 != fp and E.read_cell(str(tmp_path / "cells"), spec, fp2) is None
 
 
+def test_the_last_4_are_on_the_runs_checkpoint_schedule(tmp_path):
+    """A run preempted at 142 and resumed keeps 105-150 on disk with 142 beside them (or did before retention
+    dropped it): the evaluator's "last 4" reads the schedule from the run's operative config and skips 142."""
+    run = tmp_path / "run"
+    for step in (105, 120, 135, 142, 150):
+        os.makedirs(run / "checkpoints" / str(step))
+    (run / "operative_config.gin").write_text("train.domain = 'sokoban'\ntrain.model_path = 'tiny'\n"
+                                              "train.num_steps = 150\ntrain.checkpoint_every = 15\n")
+    rows = E.build_rows(None, {"r": str(run)}, "last", 4, True)
+    assert rows[0].steps == (105, 120, 135, 150)
+    assert E.select_steps([105, 120, 135, 142, 150], "last", 4) == [120, 135, 142, 150]  # without the schedule
+
+
 def test_bad_input_gets_one_clear_message(tmp_path):
     with pytest.raises(ValueError, match="unknown domain 'sokobann'"):
         E.evaluate(output_dir=str(tmp_path / "a"), domains=["sokobann"], start_model="tiny")

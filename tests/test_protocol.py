@@ -194,3 +194,8 @@ def test_last_checkpoints():
     assert P.last_checkpoints(study, n=1) == [150]
     with pytest.raises(ValueError, match="checkpoint interval"):
         P.last_checkpoints([])
+    # A resumed run's preemption save (142) is off the schedule: it does not push 105 out.
+    resumed = [120, 135, 142, 150, 105]
+    assert P.last_checkpoints(resumed, every=15, final=150) == [105, 120, 135, 150]
+    assert P.last_checkpoints([15, 20], every=15, final=20) == [15, 20]  # a final step off the grid counts
+    assert P.last_checkpoints([7], every=15, final=150) == [7]  # nothing on the schedule yet: what there is
