@@ -5,9 +5,10 @@ gin/experiments/study/ (arXiv 2601.18217, App. A) and its tiny CPU counterpart g
     v1.gin                       Ckpt V1 = the base model + 20 GRPO steps on WebShop
     data/<domain>_<source>.gin   the SFT data: SciWorld expert demos, ALFWorld and WebShop rollouts of V1
     v2.gin                       Ckpt V2 = V1 + SFT on the 19:3:1 mix, counted in state-action pairs
-    rl/<run>.gin                 one GRPO run per <domain>_<aug|noaug>_<think|nothink>_<v1|v2>_s<seed>
-    eval/<run>.gin               the run's last 4 checkpoints x 3 seeds on all four domains; eval/start_v1|v2.gin
-                                 the starting policies (their latest checkpoint)
+    rl/<run>.gin                 one GRPO run per <domain>_<aug|noaug>_<think|nothink>_<v1|v2>_s<seed> (V1 starts:
+                                 Sokoban, ALFWorld, WebShop only; the study has no SciWorld for V1)
+    eval/<run>.gin               the run's last 4 checkpoints x 3 seeds on all four domains (V1 runs: without
+                                 SciWorld); eval/start_v1|v2.gin the starting policies (their latest checkpoint)
     properties_v2.gin            the two environment axes measured with Ckpt V2 (128 trajectories, T_max 50)
     grid.gin                     every stage above for `python -m agentrl_jax.study`
 
@@ -25,12 +26,15 @@ from typing import Dict, List, Optional, Sequence, Tuple
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DOMAINS = ("sokoban", "alfworld", "sciworld", "webshop")
 INITS = ("v1", "v2")
+# The study's V1 half has no SciWorld, neither as a training domain nor as an evaluation column (paper §4: "No
+# SciWorld eval for V1"; Table 8's V1 ranking is 3 rows x 2 OOD columns, Table 11 has no SciWorld).
+INIT_DOMAINS = {"v1": ("sokoban", "alfworld", "webshop"), "v2": DOMAINS}
 # Table 11: distractor volume epsilon (tokens per state) and the probability an episode is augmented, per start.
 # ScienceWorld was not augmented in the study: its setting is OURS (its own bank, envs/distractors/sciworld.json,
 # n = floor(eps/12) sentences, 5 at 60; a medium-richness domain, between WebShop/Sokoban and ALFWorld), with the
 # study's p per start. Tune it by the study's rule: raise eps until ID success drops.
 TABLE11 = {
-    "v1": {"alfworld": (300, 1.0), "webshop": (30, 1.0), "sokoban": (80, 1.0), "sciworld": (60, 1.0)},
+    "v1": {"alfworld": (300, 1.0), "webshop": (30, 1.0), "sokoban": (80, 1.0)},  # no SciWorld from V1
     "v2": {"alfworld": (200, 0.5), "webshop": (40, 0.5), "sokoban": (80, 0.5), "sciworld": (60, 0.5)},
 }
 # The V2 datamix, counted in state-action pairs: (domain, source, ratio).
@@ -97,7 +101,7 @@ def run_name(domain: str, aug: bool, thinking: bool, init: str, seed: int) -> st
 
 def grid_runs(spec: GridSpec) -> List[Tuple[str, bool, bool, str, int]]:
     combos = spec.runs or tuple((d, a, t, i) for d in spec.domains for a in (False, True) for t in (True, False)
-                                for i in INITS)
+                                for i in INITS if d in INIT_DOMAINS[i])
     return [(d, a, t, i, s) for (d, a, t, i) in combos for s in spec.seeds]
 
 
@@ -184,15 +188,23 @@ def rl_file(spec: GridSpec, domain: str, aug: bool, thinking: bool, init: str, s
     return _file(header, [*includes, *_tiny(spec, "rl")], macros)
 
 
-def eval_file(spec: GridSpec, row: str, run_dir: str, task_seed: int, start: bool) -> str:
+def eval_domains(spec: GridSpec, init: str) -> Optional[List[str]]:
+    """The evaluation columns of a policy from (or being) Ckpt `init`; None: the template's four."""
+    domains = [d for d in (spec.eval_domains or DOMAINS) if d in INIT_DOMAINS[init]]
+    return None if spec.eval_domains is None and domains == list(DOMAINS) else domains
+
+
+def eval_file(spec: GridSpec, row: str, run_dir: str, task_seed: int, start: bool, init: str) -> str:
     macros: List[Tuple[str, object]] = [("EVAL_DIR", _out(spec, f"eval/{row}")), ("EVAL_RUNS", {row: run_dir}),
                                         ("EVAL_TASK_SEED", task_seed)]
     if start:
         macros.append(("EVAL_STEPS", "latest"))
-    if spec.eval_domains is not None:
-        macros.append(("EVAL_DOMAINS", list(spec.eval_domains)))
+    domains = eval_domains(spec, init)
+    if domains is not None:
+        macros.append(("EVAL_DOMAINS", domains))
     what = "the starting policy " + row if start else "run " + row + "'s last 4 checkpoints"
-    return _file([f"The study's evaluation of {what} on every domain (runs/study_eval.gin)."],
+    where = "every domain" if domains is None else ", ".join(domains)
+    return _file([f"The study's evaluation of {what} on {where} (runs/study_eval.gin)."],
                  ["runs/study_eval.gin", spec.model_gin, *_tiny(spec, "eval")], macros)
 
 
@@ -261,10 +273,11 @@ def files(spec: GridSpec) -> Dict[str, str]:
     for d, a, t, i, s in grid_runs(spec):
         name = run_name(d, a, t, i, s)
         out[_gin_path(spec, f"rl/{name}.gin")] = rl_file(spec, d, a, t, i, s)
-        out[_gin_path(spec, f"eval/{name}.gin")] = eval_file(spec, name, _out(spec, f"rl/{name}"), s, start=False)
+        out[_gin_path(spec, f"eval/{name}.gin")] = eval_file(spec, name, _out(spec, f"rl/{name}"), s, start=False,
+                                                             init=i)
     for start in INITS:
         out[_gin_path(spec, f"eval/start_{start}.gin")] = eval_file(spec, f"start_{start}", _out(spec, start), 0,
-                                                                     start=True)
+                                                                     start=True, init=start)
     out[_gin_path(spec, "properties_v2.gin")] = properties_file(spec)
     out[_gin_path(spec, "grid.gin")] = grid_file(spec)
     return out

@@ -55,11 +55,21 @@ def test_the_generated_files_are_up_to_date():
 def test_the_full_grid_is_the_studys():
     spec = _grid("study")
     rl_runs = [st for st in spec["stages"] if st.kind == "rl"]
-    assert len(rl_runs) == 4 * 2 * 2 * 2 * 3 == 96
+    # V2: 4 domains; V1: no SciWorld (paper §4, Table 8's V1 ranking is 3 rows x 2 OOD columns), x aug x think x 3.
+    assert len(rl_runs) == (4 + 3) * 2 * 2 * 3 == 84
     coords = {(r.run["domain"], r.run["aug"], r.run["thinking"], r.run["init"], r.run["seed"]) for r in rl_runs}
-    assert len(coords) == 96 and {c[0] for c in coords} == set(G.DOMAINS) and {c[4] for c in coords} == {0, 1, 2}
+    assert len(coords) == 84 and {c[0] for c in coords} == set(G.DOMAINS) and {c[4] for c in coords} == {0, 1, 2}
+    assert {c[0] for c in coords if c[3] == "v1"} == {"sokoban", "alfworld", "webshop"}
     evals = {st.of for st in spec["stages"] if st.kind == "eval"}
     assert evals == {r.name for r in rl_runs} | {"v1", "v2"}
+    # Every V1 evaluation (its runs and the start row) has no SciWorld column; V2's have all four.
+    for st in spec["stages"]:
+        if st.kind == "eval":
+            gin.clear_config()
+            T.parse_gin([st.gin], ["MODEL_PATH = 'tiny'"])
+            init = "v1" if st.of == "v1" or st.of.endswith(tuple(f"_v1_s{s}" for s in (0, 1, 2))) else "v2"
+            want = ["sokoban", "alfworld", "webshop"] if init == "v1" else list(G.DOMAINS)
+            assert gin.get_bindings(ev.evaluate)["domains"] == want, st.name
     kinds = sorted({st.kind for st in spec["stages"]})
     assert kinds == sorted(S.KIND_MODULES)
 
@@ -125,7 +135,8 @@ def test_every_study_file_parses_and_builds_with_the_tiny_model(grid, stage):
                                             else stage.output.rsplit("/eval/", 1)[0] + "/" + stage.of]
         assert b["steps"] == ("latest" if stage.of in ("v1", "v2") else "last")
         if not tiny:
-            assert b["num_checkpoints"] == 4 and tuple(b["seeds"]) == (0, 1, 2) and len(b["domains"]) == 4
+            v1 = stage.of == "v1" or "_v1_s" in stage.of  # V1 has no SciWorld column (paper §4)
+            assert b["num_checkpoints"] == 4 and tuple(b["seeds"]) == (0, 1, 2) and len(b["domains"]) == (3 if v1 else 4)
     elif stage.kind == "properties":
         b = gin.get_bindings(EP.env_properties)
         assert b["output_path"] == stage.output and b["run_dir"].endswith("/v2") and b["thinking"] is True
