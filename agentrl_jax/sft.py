@@ -93,8 +93,11 @@ def sample_plan(sources: Mapping[str, Sequence[dict]], mix: Optional[Mapping[str
                 seed: int) -> List[dict]:
     """The `total` state-action pairs the run trains on, in order: drawn by `mix` (ratios counted in pairs), or
     without a mix every source's pairs, reshuffled each pass until `total`. A function of the data and seed, so
-    a resumed run continues the same sequence."""
+    a resumed run continues the same sequence. Each pair carries its sft.data name (`sft_source`), which the log
+    counts: records' own `source` strings do not tell sources apart (ALFWorld and WebShop rollouts of one run
+    share one)."""
     rng = np.random.default_rng(seed)
+    sources = {name: [dict(r, sft_source=name) for r in recs] for name, recs in sources.items()}
     if mix:
         return sft_data.mix(sources, mix, total, rng)
     pool = [r for name in sorted(sources) for r in sources[name]]
@@ -242,9 +245,10 @@ def ckpt_steps(folder: str):
 
 
 def _source_counts(plan: Sequence[dict]) -> Dict[str, int]:
+    """Pairs per sft.data name and domain ("alfworld_rollout:alfworld"): the mix as trained, ratio by ratio."""
     out: Dict[str, int] = {}
     for r in plan:
-        key = str(r["source"])
+        key = f"{r.get('sft_source', r['source'])}:{r['domain']}"
         out[key] = out.get(key, 0) + 1
     return out
 

@@ -31,6 +31,22 @@ def test_mix_holds_the_ratio_in_pairs():
     assert counts == {"sciworld": 190, "alfworld": 30, "webshop": 10}
 
 
+def test_the_sft_log_counts_the_mix_by_source_name_and_domain():
+    """ALFWorld and WebShop rollouts of one V1 run share one `source` string: the plan's counts still tell them
+    apart, so the log confirms the 19:3:1 mix."""
+    from agentrl_jax import sft
+
+    shared = "rollout:outputs/study/v1@20"
+    sources = {"sciworld_expert": _records("sciworld", 50),
+               "alfworld_rollout": [dict(r, source=shared) for r in _records("alfworld", 5)],
+               "webshop_rollout": [dict(r, source=shared) for r in _records("webshop", 2)]}
+    plan = sft.sample_plan(sources, {"sciworld_expert": 19, "alfworld_rollout": 3, "webshop_rollout": 1}, 230, 0)
+    assert sft._source_counts(plan) == {"sciworld_expert:sciworld": 190, "alfworld_rollout:alfworld": 30,
+                                        "webshop_rollout:webshop": 10}
+    no_mix = sft.sample_plan({"a": _records("sokoban", 3)}, None, 4, 0)
+    assert sft._source_counts(no_mix) == {"a:sokoban": 4}
+
+
 def test_pack_layout():
     s = sft_data.pack(_records("sokoban", 2), prompt_len=4, response_len=3, pad_id=0)
     assert s["ids"][1].tolist() == [0, 1, 2, 4, 7, 8, 0]
