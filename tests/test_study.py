@@ -155,6 +155,7 @@ def test_every_study_file_parses_and_builds_with_the_tiny_model(grid, stage):
                                                                 "webshop_rollout": 1}
         if not tiny:
             assert (b["num_steps"], b["batch_size"]) == (100, 32)
+            assert b.get("max_response_tokens") == 1024  # RL's longest answers (WebShop, SciWorld), not cut at 512
             s = gin.get_bindings("sft/agentrl_jax.optim.make_schedule")
             assert (s["peak_lr"], s["kind"], s["warmup_ratio"]) == (5e-6, "cosine", 0.1)
         assert b["data"] == {n: f"{stage.output.rsplit('/', 1)[0]}/data/{n}.jsonl" for n in b["mix"]}
