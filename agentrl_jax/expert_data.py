@@ -510,7 +510,7 @@ def write_records(args: argparse.Namespace) -> List[dict]:
                                       config, source)
     finally:
         domain.close()
-    sft_data.write_jsonl(args.out, records)
+    sft_data.write_jsonl(args.out, records, sft_data.data_meta(chat, tokenizer))  # sft checks thinking against it
     return records
 
 

@@ -46,8 +46,9 @@ def _parse_expert_source(name: str, spec: str):
 
 
 def check_sources(data: Mapping[str, str], mix: Optional[Mapping[str, float]], init_from: Optional[str],
-                  resuming: bool = False) -> None:
-    """Bad data settings fail before the model loads, each with the fix."""
+                  resuming: bool = False, thinking: Optional[bool] = None) -> None:
+    """Bad data settings fail before the model loads, each with the fix. `thinking`: the run's setting, which a
+    file's header (when it records one) must match."""
     if not data:
         raise ValueError("sft.data is empty: name at least one source, e.g. sft.data = {'sokoban': "
                          "'expert:sokoban:256'} or {'mine': '/path/to/records.jsonl'}.")
@@ -57,11 +58,23 @@ def check_sources(data: Mapping[str, str], mix: Optional[Mapping[str, float]], i
         elif not os.path.isfile(str(spec)):
             raise FileNotFoundError(f"SFT data file {spec!r} (sft.data[{name!r}]) not found; write it with "
                                     f"`python -m agentrl_jax.expert_data` or use 'expert:<domain>:<num_tasks>'.")
+        elif thinking is not None:
+            check_thinking(name, str(spec), thinking)
     unknown = sorted(set(mix or {}) - set(data))
     if unknown:
         raise ValueError(f"sft.mix names {unknown} with no data; sft.data has {sorted(data)}.")
     if init_from and not resuming:
         checkpoints_folder(init_from, "sft.init_from")
+
+
+def check_thinking(name: str, path: str, thinking: bool) -> None:
+    """A file written for the other thinking setting would train the wrong answer format (with or without the
+    think block) silently; one without the setting in its header (older files) is accepted."""
+    written = sft_data.read_meta(path).get("thinking")
+    if written is not None and bool(written) != bool(thinking):
+        raise ValueError(f"SFT data {path!r} (sft.data[{name!r}]) was written with thinking={bool(written)}, this run "
+                         f"has sft.thinking={bool(thinking)}: set THINKING = {bool(written)} or regenerate the file "
+                         f"with THINKING = {bool(thinking)} (python -m agentrl_jax.expert_data).")
 
 
 def load_sources(data: Mapping[str, str], core: PolicyCore, data_dir: str, seed: int) -> Dict[str, List[dict]]:
@@ -84,7 +97,7 @@ def load_sources(data: Mapping[str, str], core: PolicyCore, data_dir: str, seed:
         finally:
             domain.close()
         if jax.process_index() == 0:
-            sft_data.write_jsonl(path + ".tmp", out[name])
+            sft_data.write_jsonl(path + ".tmp", out[name], sft_data.data_meta(core.chat, core.tokenizer))
             os.replace(path + ".tmp", path)  # a killed generation leaves no half file behind
     return out
 
@@ -154,8 +167,8 @@ def sft(
     """`num_steps` updates of `batch_size` state-action pairs; returns the last metrics.
 
     data / mix: the named sources and their ratios (module doc). thinking: the chat format the samples were
-    built for (records generated here follow it; `agentrl_jax.expert_data` files carry the setting they were
-    written with). init_from: an RL or SFT run's output_dir to start from (its latest checkpoint's model).
+    built for (records generated here follow it; a JSONL file whose header records the other setting is
+    refused). init_from: an RL or SFT run's output_dir to start from (its latest checkpoint's model).
     max_prompt_tokens / max_response_tokens: caps on the packed sample (prompts are cut from the left, like RL's
     window; None = the longest prompt in the data). micro_batch_size: gradient accumulation (a memory knob).
     Optimizer: AdamW under gin scope `sft` (gin/runs/sft.gin: lr 5e-6 cosine, warm-up ratio 0.1).
@@ -168,7 +181,8 @@ def sft(
     if micro < 1 or batch_size % micro:
         raise ValueError(f"sft.micro_batch_size={micro_batch_size} must divide sft.batch_size={batch_size}.")
     # A run with checkpoints of its own resumes from them (its init_from source is no longer read).
-    check_sources(data, mix, init_from, resuming=bool(ckpt_steps(os.path.join(output_dir, "checkpoints"))))
+    check_sources(data, mix, init_from, resuming=bool(ckpt_steps(os.path.join(output_dir, "checkpoints"))),
+                  thinking=thinking)
     distributed.initialize()
     mesh = mesh or sharding.make_mesh()
     divisor = sharding.batch_divisor(mesh)

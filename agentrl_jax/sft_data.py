@@ -1,6 +1,8 @@
 """SFT data on disk: JSONL records of state->action pairs, and the datamix across sources.
 
-A file starts with a header line {"schema": "agentrl_jax.sft", "version": N}; every further line is one
+A file starts with a header line {"schema": "agentrl_jax.sft", "version": N, "thinking": ..., "tokenizer": ...}
+(the chat format's thinking setting and the tokenizer the ids are of; files written before these two lack them
+and are still read); every further line is one
 state-action pair exactly as the policy sees it in RL: domain, task (id or seed), turn, the prompt (token ids
 and text), the answer (ids and text, stop token included in the ids) and its source (e.g. "expert",
 "rollout:<run dir>"). Readers refuse another version with a message naming the fix.
@@ -9,7 +11,7 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Dict, List, Mapping, Sequence
+from typing import Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 
@@ -25,10 +27,17 @@ def record(domain: str, task, turn: int, prompt_ids: Sequence[int], answer_ids: 
             "source": source}
 
 
-def write_jsonl(path: str, records: Sequence[Mapping]) -> None:
+def data_meta(chat, tokenizer) -> Dict:
+    """The header settings a file's records were built with: the chat format's thinking setting and the
+    tokenizer (its name or path) the ids are of."""
+    return {"thinking": bool(chat.thinking), "tokenizer": str(getattr(tokenizer, "name_or_path", "") or "")}
+
+
+def write_jsonl(path: str, records: Sequence[Mapping], meta: Optional[Mapping] = None) -> None:
+    """`meta`: header settings (data_meta: thinking, tokenizer), which readers check against their run."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(path, "w") as f:
-        f.write(json.dumps({"schema": SCHEMA, "version": SCHEMA_VERSION}) + "\n")
+        f.write(json.dumps({**(meta or {}), "schema": SCHEMA, "version": SCHEMA_VERSION}) + "\n")
         for r in records:
             missing = [k for k in FIELDS if k not in r]
             if missing:
@@ -36,16 +45,31 @@ def write_jsonl(path: str, records: Sequence[Mapping]) -> None:
             f.write(json.dumps({k: r[k] for k in FIELDS}) + "\n")
 
 
-def read_jsonl(path: str) -> List[Dict]:
+def _header(path: str, f) -> Dict:
+    header = json.loads(f.readline() or "{}")
+    if header.get("schema") != SCHEMA or header.get("version") != SCHEMA_VERSION:
+        raise ValueError(f"{path}: SFT data schema {header.get('schema')!r} version {header.get('version')!r}, "
+                         f"this code reads {SCHEMA!r} version {SCHEMA_VERSION}; regenerate the file.")
+    return header
+
+
+def _open(path: str):
     if not os.path.isfile(path):
         raise FileNotFoundError(f"SFT data file {path!r} not found; write it with agentrl_jax.sft_data.write_jsonl "
                                 "(or fix the path in sft.data).")
-    with open(path) as f:
-        header = json.loads(f.readline() or "{}")
-        if header.get("schema") != SCHEMA or header.get("version") != SCHEMA_VERSION:
-            raise ValueError(f"{path}: SFT data schema {header.get('schema')!r} version {header.get('version')!r}, "
-                             f"this code reads {SCHEMA!r} version {SCHEMA_VERSION}; regenerate the file.")
+    return open(path)
+
+
+def read_jsonl(path: str) -> List[Dict]:
+    with _open(path) as f:
+        _header(path, f)
         return [json.loads(line) for line in f if line.strip()]
+
+
+def read_meta(path: str) -> Dict:
+    """The header's settings besides schema and version (thinking, tokenizer; {} for a file without them)."""
+    with _open(path) as f:
+        return {k: v for k, v in _header(path, f).items() if k not in ("schema", "version")}
 
 
 def mix(sources: Mapping[str, Sequence[Dict]], ratios: Mapping[str, float], total: int,

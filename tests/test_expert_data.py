@@ -371,6 +371,8 @@ def test_cli_writes_expert_and_rollout_files(tmp_path):
     records = sft_data.read_jsonl(expert_out)
     assert records and {r["source"] for r in records} == {"sokoban:solver"}
     assert all(r["answer_text"].startswith("<action>") for r in records)  # the gin file's THINKING = False
+    assert sft_data.read_meta(expert_out)["thinking"] is False and sft_data.read_meta(expert_out)["tokenizer"]
+    assert sft_data.read_meta(rollout_out)["thinking"] is False  # sft refuses it for a THINKING = True run
     rolled = sft_data.read_jsonl(rollout_out)
     assert rolled and {r["source"] for r in rolled} == {"rollout:tiny"} and {r["task"] for r in rolled} <= {0, 1}
     with pytest.raises(SystemExit, match="--run_dir"):

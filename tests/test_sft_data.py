@@ -23,6 +23,21 @@ def test_jsonl_round_trip_and_wrong_version(tmp_path):
         sft_data.read_jsonl(path)
 
 
+def test_the_header_carries_thinking_and_tokenizer_and_sft_refuses_the_other_setting(tmp_path):
+    from agentrl_jax import sft
+
+    think, plain = str(tmp_path / "think.jsonl"), str(tmp_path / "plain.jsonl")
+    sft_data.write_jsonl(think, _records("sokoban", 2), {"thinking": True, "tokenizer": "tiny"})
+    sft_data.write_jsonl(plain, _records("sokoban", 2))  # a file from before the metadata
+    assert sft_data.read_meta(think) == {"thinking": True, "tokenizer": "tiny"} and sft_data.read_meta(plain) == {}
+    assert sft_data.read_jsonl(think) == sft_data.read_jsonl(plain)
+    with pytest.raises(ValueError, match=r"written with thinking=True, this run has sft.thinking=False: set "
+                                         r"THINKING = True or regenerate"):
+        sft.check_sources({"a": think}, None, None, thinking=False)
+    sft.check_sources({"a": think, "b": plain}, None, None, thinking=True)
+    sft.check_sources({"b": plain}, None, None, thinking=False)
+
+
 def test_mix_holds_the_ratio_in_pairs():
     sources = {"sciworld": _records("sciworld", 50), "alfworld": _records("alfworld", 5),
                "webshop": _records("webshop", 2)}

@@ -63,6 +63,7 @@ def test_sft_run_trains_and_has_an_rl_run_layout(sft_run):
     assert os.path.isfile(out / "operative_config.gin") and os.listdir(out / "tb")
     # The generated expert data is stored with its schema header, in the RL prompt format.
     records = sft_data.read_jsonl(str(out / "data" / "sokoban.jsonl"))
+    assert sft_data.read_meta(str(out / "data" / "sokoban.jsonl"))["thinking"] is False  # the run's setting
     assert records and {r["domain"] for r in records} == {"sokoban"}
     assert all(r["answer_text"].startswith("<action>") for r in records)  # THINKING = False: no think block
     settings = E.run_settings(str(out))  # the evaluator reads an SFT run like an RL run
@@ -130,6 +131,10 @@ def test_bad_sft_input_names_the_fix(tmp_path):
         _run(_bindings(tmp_path / "b", **{"sft.data": {"x": str(tmp_path / "missing.jsonl")}}))
     with pytest.raises(ValueError, match="sft.mix names"):
         _run(_bindings(tmp_path / "c", **{"sft.mix": {"other": 1}}))
+    thinking_data = str(tmp_path / "think.jsonl")  # written for THINKING = True; this run has False
+    sft_data.write_jsonl(thinking_data, [sft_data.record("sokoban", 0, 0, [1], [2], "expert")], {"thinking": True})
+    with pytest.raises(ValueError, match="written with thinking=True, this run has sft.thinking=False"):
+        _run(_bindings(tmp_path / "d", **{"sft.data": {"x": thinking_data}}))
     with pytest.raises(ValueError, match="no checkpoints/ folder"):
         _run(_bindings(tmp_path / "d", **{"sft.init_from": repr(str(tmp_path))}))
 
