@@ -26,6 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx, struct
 
+from agentrl_jax import xla_cpu
 from agentrl_jax.models.decoder import CausalLM, KVCache, compute_params_jit, init_cache, needs_cast
 
 _TRACES = {"generate_fn": 0}
@@ -208,26 +209,11 @@ def prefill_compiler_options(cpu_eigen_dots: bool = True) -> Tuple[Tuple[str, st
 
     cpu_eigen_dots: on the CPU backend, compile prefill's matmuls with Eigen rather than XLA's default
     YNNPACK kernels. Prefill multiplies tall activations ([batch * prompt, hidden]); there Eigen ran
-    1.3-1.6x faster on this project's 2-core Xeon (8192x768x2048 fp32: 166 vs 107 GFLOP/s; time to first
-    token at batch 16 x 512 prompt tokens: 13.6 s vs 18.1 s), while for decode's few-row matmuls YNNPACK is
-    the faster one (the same run's decode: 100 vs 128 ms/step). So the two phases are compiled apart, each
-    with its own kernels. No effect on other backends.
+    1.3-1.6x faster on this project's 2-core Xeon (time to first token at batch 16 x 512 prompt tokens:
+    13.6 s vs 18.1 s), while for decode's few-row matmuls YNNPACK is the faster one (the same run's decode:
+    100 vs 128 ms/step). So the two phases are compiled apart, each with its own kernels (`xla_cpu`).
     """
-    if cpu_eigen_dots and jax.default_backend() == "cpu":
-        options = (("xla_cpu_experimental_ynn_fusion_type", ""),)
-        if _xla_accepts(options):
-            return options
-    return ()
-
-
-@functools.lru_cache(maxsize=None)
-def _xla_accepts(options: Tuple[Tuple[str, str], ...]) -> bool:
-    """Whether this XLA knows these (experimental) options; an XLA without them keeps its default kernels."""
-    try:
-        jax.jit(lambda x: x + 1, compiler_options=dict(options)).lower(jnp.zeros((), jnp.float32)).compile()
-        return True
-    except Exception:  # noqa: BLE001 - XLA reports an unknown option as a generic runtime error
-        return False
+    return xla_cpu.eigen_dot_options(cpu_eigen_dots)
 
 
 @functools.lru_cache(maxsize=None)

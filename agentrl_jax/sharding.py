@@ -373,6 +373,7 @@ def make_train_step(
     donate: bool = True,
     accumulate: str = "mean",
     frozen_shardings: Any = None,
+    compiler_options: Any = (),
 ) -> Callable[[Any, Any, Any, jax.Array], Tuple[Any, Any, dict]]:
     """A jitted ``step(params, opt_state, batch, key) -> (params, opt_state, metrics)``.
 
@@ -395,6 +396,7 @@ def make_train_step(
     * `frozen_shardings` (e.g. LoRA: `params` = the adapters): the step takes a fifth argument `frozen`, the
       rest of the model's state placed on these shardings; the model is ``merge(graphdef, frozen + params)``,
       and `frozen` gets no gradient, no optimizer state and is never changed (nor donated).
+    * `compiler_options`: XLA options for the step's program (pairs), e.g. `xla_cpu.eigen_dot_options()`.
     """
     if accum_steps < 1:
         raise ValueError(f"make_train_step: accum_steps must be >= 1, got {accum_steps}.")
@@ -512,6 +514,7 @@ def make_train_step(
         in_shardings=in_sh if frozen_shardings is None else in_sh + (frozen_shardings,),
         out_shardings=(shardings.params, shardings.opt_state, shardings.replicated),
         donate_argnums=(0, 1) if donate else (),
+        compiler_options=dict(compiler_options) or None,
     )
 
     def train_step(params, opt_state, batch, key, *frozen):

@@ -17,7 +17,7 @@ import numpy as np
 from flax import nnx
 
 from agentrl_jax import checkpoint as ckpt
-from agentrl_jax import sharding
+from agentrl_jax import sharding, xla_cpu
 from agentrl_jax.chat import ChatFormat
 from agentrl_jax.models import lora
 from agentrl_jax.policy import load_policy, rollout_params_fn
@@ -30,6 +30,13 @@ def checkpoints_folder(run_dir: str, binding: str = "init_from") -> str:
         raise ValueError(f"{binding} {run_dir!r} has no checkpoints/ folder; point it at a finished RL or SFT run's "
                          f"output_dir.")
     return folder
+
+
+@gin.configurable(module="train")
+def update_compiler_options(cpu_eigen_dots: bool = True) -> xla_cpu.Options:
+    """XLA options for the update (train step) and the scoring pass: their matmuls are all tall ([tokens,
+    hidden] activations), where on the CPU backend Eigen's kernels beat the default YNNPACK ones (`xla_cpu`)."""
+    return xla_cpu.eigen_dot_options(cpu_eigen_dots)
 
 
 class PolicyCore:
@@ -76,7 +83,8 @@ class PolicyCore:
         # whole minibatch's loss, so accumulation is exact (a memory knob only).
         step = sharding.make_train_step(loss_fn, tx, self.mesh, spec, self.graphdef, accum_steps=accum_steps,
                                         donate=False, accumulate="sum",
-                                        frozen_shardings=lora.split_trainable(self.param_sh)[1] if self.lora else None)
+                                        frozen_shardings=lora.split_trainable(self.param_sh)[1] if self.lora else None,
+                                        compiler_options=update_compiler_options())
         if not self.lora:
             return step, opt_state, o_sh
 

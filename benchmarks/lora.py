@@ -62,7 +62,7 @@ def _compiled_stats(step, *args):
 
 
 def run_side(a, rank: int):
-    from agentrl_jax import optim, sharding
+    from agentrl_jax import optim, sharding, training_core
     from agentrl_jax.models import ModelConfig, lora, random_model
 
     cfg = ModelConfig(vocab_size=a.vocab, hidden_size=a.hidden, intermediate_size=4 * a.hidden, num_layers=a.layers,
@@ -91,7 +91,8 @@ def run_side(a, rank: int):
         nll = -jnp.take_along_axis(jax.nn.log_softmax(logits), batch["ids"][:, 1:, None], -1).mean()
         return nll, {}
 
-    step = sharding.make_train_step(loss_fn, tx, mesh, spec, graphdef, donate=False, frozen_shardings=f_sh)
+    step = sharding.make_train_step(loss_fn, tx, mesh, spec, graphdef, donate=False, frozen_shardings=f_sh,
+                                    compiler_options=training_core.update_compiler_options())
     ids = np.random.default_rng(0).integers(0, a.vocab, (a.batch, a.seq + 1)).astype(np.int32)
     batch = sharding.shard_batch({"ids": ids}, spec)
     key = jax.random.PRNGKey(0)

@@ -125,7 +125,7 @@ def build_trainer(args, out_dir, model_path):
     """Parse the gin config and build the Trainer + RL train step exactly as `train()` does."""
     import gin
     import jax
-    from agentrl_jax import learner, optim, rl, sharding
+    from agentrl_jax import learner, optim, rl, sharding, training_core
     from agentrl_jax import train as tm
 
     bindings = [f"OUTPUT_DIR = '{out_dir}'", "train.sft_steps = 0"]
@@ -167,7 +167,8 @@ def build_trainer(args, out_dir, model_path):
     rl_step = sharding.make_train_step(
         functools.partial(learner.rl_loss, config=cfg, prompt_len=tr.max_prompt_tokens,
                           temperature=temp if temp > 0 else 1.0, chunk_size=kw["logits_chunk_size"]),
-        tx, mesh, spec, tr.graphdef, donate=False, accumulate="sum")
+        tx, mesh, spec, tr.graphdef, donate=False, accumulate="sum",
+        compiler_options=training_core.update_compiler_options())  # the kernels train() compiles it with
     tr.ref_params = tr.params if cfg.kl_coef > 0 else None
     return tr, rl_step, opt_state, cfg
 

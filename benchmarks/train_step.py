@@ -151,7 +151,7 @@ def bench_jax(a):
     import numpy as np
     from flax import nnx
 
-    from agentrl_jax import optim, sharding
+    from agentrl_jax import optim, sharding, training_core
     from agentrl_jax.models import CausalLM, ModelConfig
 
     cfg = ModelConfig(vocab_size=a.vocab, hidden_size=a.hidden, intermediate_size=a.intermediate,
@@ -169,7 +169,9 @@ def bench_jax(a):
 
     graphdef, params, opt_state, sh = sharding.create_sharded(lambda: CausalLM(cfg, rngs=nnx.Rngs(0)), tx, mesh)
     n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))
-    step = sharding.make_train_step(loss_fn, tx, mesh, sh, graphdef, accum_steps=a.accum)
+    # compiled with the kernels train() uses (on CPU: Eigen's matmuls, `training_core.update_compiler_options`)
+    step = sharding.make_train_step(loss_fn, tx, mesh, sh, graphdef, accum_steps=a.accum,
+                                    compiler_options=training_core.update_compiler_options())
     rng = np.random.default_rng(0)
     ids = rng.integers(0, a.vocab, size=(a.batch, a.seq + 1), dtype=np.int32)
     if a.accum > 1:

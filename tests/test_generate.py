@@ -10,6 +10,7 @@ import pytest
 from flax import nnx
 
 from agentrl_jax import generate as gen
+from agentrl_jax import xla_cpu
 from agentrl_jax.generate import (GenerationConfig, bucket_length, continue_generation, filter_logits, generate,
                                   generate_fn, pad_batch, prefill_compiler_options, trace_count, unpad)
 from agentrl_jax.models import ModelConfig, random_model
@@ -293,7 +294,7 @@ def test_prefill_and_decode_are_compiled_apart_with_their_own_kernels(model):
     opts = prefill_compiler_options()
     assert opts == (("xla_cpu_experimental_ynn_fusion_type", ""),)
     assert prefill_compiler_options(cpu_eigen_dots=False) == ()
-    assert not gen._xla_accepts((("xla_cpu_no_such_option", "1"),))  # an unknown option is refused, not fatal
+    assert not xla_cpu.accepts((("xla_cpu_no_such_option", "1"),))  # an unknown option is refused, not fatal
     prefill, decode = gen._phase_jits(opts)
     graphdef, state = nnx.split(model)
     ids, mask = (jnp.asarray(a) for a in pad_batch(prompts(), length=16))

@@ -24,6 +24,7 @@ simply never attended to. A query attends to valid slots at or before its own sl
 """
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable, Optional, Sequence, Tuple
 
 import jax
@@ -56,6 +57,41 @@ class RMSNorm(nnx.Module):
         return x32.astype(self.dtype) * self.scale[...].astype(self.dtype)
 
 
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 3))
+def contract(equation: str, x: jax.Array, w: jax.Array, out_dtype=None) -> jax.Array:
+    """`jnp.einsum(equation, x, w)` for a weight `w`, whose gradient is written straight in `w`'s axis order.
+
+    Autodiff's transpose of the einsum computes the weight gradient in (output, input) order and then
+    transposes it; on XLA:CPU that makes the compiler copy every [tokens, features] output gradient into a
+    transposed buffer and run the weight-gradient GEMM on it (measured: the MLP's fwd+bwd 377 -> 272 ms at
+    4,096 tokens x 256 -> 1,024, most of the gap to torch's train step). Same values, same dtypes.
+    """
+    return jnp.einsum(equation, x, w, preferred_element_type=out_dtype)
+
+
+def _contract_fwd(equation, x, w, out_dtype):
+    return contract(equation, x, w, out_dtype), (x, w)
+
+
+def _contract_bwd(equation, out_dtype, residuals, dy):
+    del out_dtype
+    x, w = residuals
+    if "..." in equation:  # leading axes of x and of the output, flattened into one named axis
+        lead = x.ndim - (len(equation.split(",")[0]) - 3)
+        free = next(c for c in "zyxwvutsrqpon" if c not in equation)
+        dx, dw = _contract_bwd(equation.replace("...", free), None, (x.reshape((-1,) + x.shape[lead:]), w),
+                               dy.reshape((-1,) + dy.shape[lead:]))
+        return dx.reshape(x.shape), dw
+    (xs, ws), out = equation.split("->")[0].split(","), equation.split("->")[1]
+    # dy stays in its own dtype (float32 logits' gradient with bf16 weights), as autodiff's transpose keeps it
+    dx = jnp.einsum(f"{out},{ws}->{xs}", dy, w)
+    dw = jnp.einsum(f"{xs},{out}->{ws}", x, dy)
+    return dx.astype(x.dtype), dw.astype(w.dtype)
+
+
+contract.defvjp(_contract_fwd, _contract_bwd)
+
+
 class Proj(nnx.Module):
     """A linear map written as an einsum over named axes (kernel with logical names, optional bias)."""
 
@@ -79,7 +115,7 @@ class Proj(nnx.Module):
         return sum(c in xs for c in ks), sum(c in out for c in ks)
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        y = jnp.einsum(self.equation, x.astype(self.dtype), self.kernel[...].astype(self.dtype))
+        y = contract(self.equation, x.astype(self.dtype), self.kernel[...].astype(self.dtype))
         if self.lora is not None:
             n_in, n_out = self.io_ndims()
             delta = self.lora(x.reshape(x.shape[:x.ndim - n_in] + (-1,)).astype(self.dtype))
@@ -283,11 +319,9 @@ class CausalLM(nnx.Module):
         dt = jnp.dtype(self.cfg.dtype)
         h = hidden.astype(dt)
         if self.lm_head is None:
-            out = jnp.einsum("...d,vd->...v", h, self.embed_tokens.embedding[...].astype(dt),
-                             preferred_element_type=jnp.float32)
+            out = contract("...d,vd->...v", h, self.embed_tokens.embedding[...].astype(dt), jnp.float32)
         else:
-            out = jnp.einsum("...d,dv->...v", h, self.lm_head.kernel[...].astype(dt),
-                             preferred_element_type=jnp.float32)
+            out = contract("...d,dv->...v", h, self.lm_head.kernel[...].astype(dt), jnp.float32)
         return out.astype(jnp.float32)
 
     def forward(self, input_ids, positions=None, attention_mask=None, cache: Optional[KVCache] = None, *,
