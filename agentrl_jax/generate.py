@@ -210,17 +210,33 @@ def prefill_compiler_options(cpu_eigen_dots: bool = True) -> Tuple[Tuple[str, st
     cpu_eigen_dots: on the CPU backend, compile prefill's matmuls with Eigen rather than XLA's default
     YNNPACK kernels. Prefill multiplies tall activations ([batch * prompt, hidden]); there Eigen ran
     1.3-1.6x faster on this project's 2-core Xeon (time to first token at batch 16 x 512 prompt tokens:
-    13.6 s vs 18.1 s), while for decode's few-row matmuls YNNPACK is the faster one (the same run's decode:
-    100 vs 128 ms/step). So the two phases are compiled apart, each with its own kernels (`xla_cpu`).
+    13.6 s vs 18.1 s), while for decode's few-row matmuls the faster one depends on the CPU (YNNPACK on that
+    Xeon, Eigen on a Zen 4 EPYC). So the two phases are compiled apart, each with its own kernels
+    (`decode_kernels`, `xla_cpu`).
     """
     return xla_cpu.eigen_dot_options(cpu_eigen_dots)
 
 
+@gin.configurable(module="generate")
+def decode_kernels(kernels: str = "auto") -> str:
+    """Matmul kernels of the decode program (and of the fused on-device episode, mostly decode steps): see
+    `xla_cpu.dot_options` ('auto' measures which is faster on this host for the batch's row count)."""
+    if kernels not in xla_cpu.KERNELS:
+        raise ValueError(f"generate.decode_kernels.kernels = {kernels!r}; use one of {xla_cpu.KERNELS}")
+    return kernels
+
+
+def decode_compiler_options(batch_size: int) -> Tuple[Tuple[str, str], ...]:
+    """XLA options for a decode program of `batch_size` rows (see `decode_kernels`)."""
+    return xla_cpu.dot_options(decode_kernels(), batch_size)
+
+
 @functools.lru_cache(maxsize=None)
-def _phase_jits(prefill_options: Tuple[Tuple[str, str], ...]):
+def _phase_jits(prefill_options: Tuple[Tuple[str, str], ...], decode_options: Tuple[Tuple[str, str], ...] = ()):
     prefill = jax.jit(prefill_fn, static_argnames=("graphdef", "cache_length"), donate_argnames=("cache",),
                       compiler_options=dict(prefill_options) or None)
-    decode = jax.jit(decode_fn, static_argnames=("graphdef", "config"), donate_argnames=("cache",))
+    decode = jax.jit(decode_fn, static_argnames=("graphdef", "config"), donate_argnames=("cache",),
+                     compiler_options=dict(decode_options) or None)
     return prefill, decode
 
 
@@ -230,7 +246,7 @@ def generate_jit(graphdef, state, prompt_ids: jax.Array, prompt_mask: Optional[j
     """`generate_fn` compiled for the host loop: prefill and decode are two programs (see
     `prefill_compiler_options`), one compilation each per shape; the passed cache is donated. cache None:
     the prefill program makes a fresh one of `cache_length` slots."""
-    prefill, decode = _phase_jits(prefill_compiler_options())
+    prefill, decode = _phase_jits(prefill_compiler_options(), decode_compiler_options(prompt_ids.shape[0]))
     logits, cache = prefill(graphdef, state, prompt_ids, prompt_mask, cache, cache_length)
     return decode(graphdef, state, logits, cache, key, config, active)
 

@@ -30,7 +30,7 @@ from agentrl_jax import distributed, domains, learner, optim, partitioning, rl, 
 from agentrl_jax import sft as sft_lib
 from agentrl_jax import generate as gen
 from agentrl_jax.logging import MetricsLogger
-from agentrl_jax.training_core import PolicyCore
+from agentrl_jax.training_core import PolicyCore, update_compiler_options
 
 log = _pylogging.getLogger("agentrl_jax.train")
 ROLLOUT_MODES, PROMPT_MODES = domains.ROLLOUT_MODES, domains.PROMPT_MODES
@@ -230,7 +230,8 @@ class Trainer(PolicyCore):
         # The scoring pass runs on micro-batches placed exactly like the train step's (batch over data x fsdp),
         # so it never needs more memory than a training micro-batch.
         self._score = jax.jit(score_fn, in_shardings=(self.param_sh, self.train_sh.batch),
-                              out_shardings=self.train_sh.replicated)
+                              out_shardings=self.train_sh.replicated,
+                              compiler_options=dict(update_compiler_options()) or None)
         self.timings: Dict[str, float] = {}
 
     @property

@@ -288,8 +288,9 @@ def test_generation_config_is_gin_configurable():
 
 
 def test_prefill_and_decode_are_compiled_apart_with_their_own_kernels(model):
-    """On CPU the prefill program uses Eigen's matmuls and decode XLA's default (YNNPACK) ones; the two-program
-    path gives the single-program `generate_fn` tokens and logprobs."""
+    """On CPU the prefill program uses Eigen's matmuls and decode the kernels `generate.decode_kernels` picks
+    (here XLA's default, YNNPACK); the two-program path gives the single-program `generate_fn` tokens and
+    logprobs."""
     assert jax.default_backend() == "cpu"
     opts = prefill_compiler_options()
     assert opts == (("xla_cpu_experimental_ynn_fusion_type", ""),)
@@ -310,6 +311,34 @@ def test_prefill_and_decode_are_compiled_apart_with_their_own_kernels(model):
     np.testing.assert_array_equal(split.tokens, whole.tokens)
     np.testing.assert_allclose(split.logprobs, whole.logprobs, rtol=1e-4, atol=1e-4)
     np.testing.assert_array_equal(split.cache.lengths, whole.cache.lengths)
+
+
+def test_decode_kernels_choice_gives_the_same_generation(model):
+    """'default' is XLA's kernels, 'eigen' Eigen's, 'auto' one of the two (measured on this host); a decode
+    compiled with either generates the same tokens; a bad choice is refused naming the binding."""
+    eigen = (("xla_cpu_experimental_ynn_fusion_type", ""),)
+    assert xla_cpu.dot_options("default", 64) == () and xla_cpu.dot_options("eigen", 64) == eigen
+    assert xla_cpu.dot_options("auto", 16) in ((), eigen)
+    with pytest.raises(ValueError, match="use one of"):
+        xla_cpu.dot_options("fast", 16)
+    graphdef, state = nnx.split(model)
+    ids, mask = (jnp.asarray(a) for a in pad_batch(prompts(), length=16))
+    cfg = GenerationConfig(max_new_tokens=6, temperature=1.0)
+    runs = []
+    for options in ((), eigen):
+        prefill, decode = gen._phase_jits(prefill_compiler_options(), options)
+        logits, cache = prefill(graphdef, state, ids, mask, model.init_cache(3, 32), None)
+        hlo = decode.lower(graphdef, state, logits, model.init_cache(3, 32), jax.random.key(3), cfg).compile().as_text()
+        assert ("__ynn_fusion" in hlo) == (options == ())
+        runs.append(decode(graphdef, state, logits, cache, jax.random.key(3), cfg))
+    np.testing.assert_array_equal(runs[0].tokens, runs[1].tokens)
+    np.testing.assert_allclose(runs[0].logprobs, runs[1].logprobs, rtol=1e-4, atol=1e-4)
+    gin.bind_parameter("generate.decode_kernels.kernels", "fast")
+    try:
+        with pytest.raises(ValueError, match="generate.decode_kernels.kernels"):
+            gen.decode_compiler_options(16)
+    finally:
+        gin.clear_config()
 
 
 # ------------------------------------------------------------------------------------------- bf16 without casts

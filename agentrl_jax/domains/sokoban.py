@@ -24,8 +24,14 @@ from agentrl_jax.expert_data import sokoban_expert_records
 from agentrl_jax.sokoban_prompt import SokobanPrompter
 
 SPLIT_STREAMS = {"heldout": HELD_OUT_STREAM, "sft_validation": SFT_VALIDATION_STREAM}
-# One compiled program per (policy graph, env, prompter, generation config); shared by every domain instance.
-device_rollout_jit = jax.jit(sokoban_device_rollout, static_argnums=(0, 2, 3, 4), static_argnames=("invalid_penalty", "augment"))
+
+
+@functools.lru_cache(maxsize=None)
+def device_rollout_jit(compiler_options=()):
+    """The on-device episode compiled with these XLA options (its decode steps' kernels, `gen.decode_kernels`):
+    one program per (options, policy graph, env, prompter, generation config), shared by every domain instance."""
+    return jax.jit(sokoban_device_rollout, static_argnums=(0, 2, 3, 4), static_argnames=("invalid_penalty", "augment"),
+                   compiler_options=dict(compiler_options) or None)
 
 
 @register
@@ -83,8 +89,9 @@ class SokobanDomain(Domain):
                                augment_key=key if key is not None and self.augments(tasks) else None)
 
     def device_rollout(self, graphdef, params, config: gen.GenerationConfig, tasks: Tasks, key, invalid_penalty):
-        return device_rollout_jit(graphdef, params, self.env, self.prompter, config, tasks.keys, key,
-                                  invalid_penalty=invalid_penalty, augment=self.augments(tasks))
+        rollout = device_rollout_jit(gen.decode_compiler_options(tasks.keys.shape[0]))
+        return rollout(graphdef, params, self.env, self.prompter, config, tasks.keys, key,
+                       invalid_penalty=invalid_penalty, augment=self.augments(tasks))
 
     def metrics(self) -> Dict[str, float]:
         """Distinct training levels drawn so far and their overlap with the held-out sets."""
