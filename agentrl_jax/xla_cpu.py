@@ -1,9 +1,10 @@
 """Which XLA:CPU matmul kernels a program is compiled with (no effect on other backends).
 
-XLA:CPU's default hands matmuls to YNNPACK, which is the faster choice for decode's few-row products; for tall
-ones ([tokens, hidden] activations: prefill, the scoring pass and the train step) Eigen's kernels ran faster on
-this project's CPUs (2-core Xeon: 8192x768x2048 fp32 166 vs 107 GFLOP/s; 2-core Zen 4 EPYC: the hidden-256
-train step of `benchmarks/train_step.py` ~1.9 vs ~2.1 s). So each program kind picks its kernels.
+XLA:CPU's default hands matmuls to YNNPACK. For tall ones ([tokens, hidden] activations: prefill, the scoring
+pass and the train step) Eigen's kernels ran faster on this project's CPUs (2-core Xeon: 8192x768x2048 fp32 166
+vs 107 GFLOP/s; 2-core Zen 4 EPYC: the hidden-256 train step of `benchmarks/train_step.py` ~1.9 vs ~2.1 s). For
+decode's few-row products the winner depends on the host (YNNPACK on that Xeon, Eigen on the Zen 4 pinned to one
+core, about even on its two cores), so decode can measure it (`dot_options('auto', rows)`).
 """
 from __future__ import annotations
 
