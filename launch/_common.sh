@@ -8,6 +8,7 @@
 
 SCRIPT=${SCRIPT:-$0}
 DRY_RUN=0
+ENTRY=train        # --entry: the entry point every worker runs, python -m agentrl_jax.$ENTRY
 GIN_ARGS=()        # --gin_file=... / --gin_bindings=... / --gin_search_paths=..., in the order given
 EXTRA_TRAIN_ARGS=() # everything after a bare `--`, passed to `python -m agentrl_jax.train` verbatim
 
@@ -123,7 +124,7 @@ parse_args() {
     case $name in
       -h | --help) kind=help ;;
       --dry_run) kind=bool ;;
-      --gin_file | --gin_param | --gin_bindings | --gin_search_paths) kind=value ;;
+      --gin_file | --gin_param | --gin_bindings | --gin_search_paths | --entry) kind=value ;;
       *) kind=$(flag_kind "$name") ;;
     esac
     case $kind in
@@ -149,6 +150,12 @@ parse_args() {
     esac
     case $name in
       --dry_run) DRY_RUN=1 ;;
+      --entry)
+        case $val in
+          train | sft) ENTRY=$val ;;
+          *) die "--entry=$val: use train (RL, the default) or sft (supervised); both run on every worker of a multi-host job. The study runner (python -m agentrl_jax.study) drives its stages from one host" ;;
+        esac
+        ;;
       --gin_file) add_gin_file "$val" ;;
       --gin_param | --gin_bindings)
         [[ -n $val ]] || die "$name needs a binding, e.g. $name='train.num_steps = 5'"
@@ -160,10 +167,10 @@ parse_args() {
   done
 }
 
-# The train command's arguments: gin files and bindings in order, then the verbatim extras.
+# The train (or --entry) command's arguments: gin files and bindings in order, then the verbatim extras.
 train_args() {
   # shellcheck disable=SC2034  # read by the launcher that sourced this file
-  TRAIN_ARGS=(-m agentrl_jax.train ${GIN_ARGS[@]+"${GIN_ARGS[@]}"} ${EXTRA_TRAIN_ARGS[@]+"${EXTRA_TRAIN_ARGS[@]}"})
+  TRAIN_ARGS=(-m "agentrl_jax.$ENTRY" ${GIN_ARGS[@]+"${GIN_ARGS[@]}"} ${EXTRA_TRAIN_ARGS[@]+"${EXTRA_TRAIN_ARGS[@]}"})
 }
 
 # The jax version range setup.py pins, e.g. ">=0.10.2,<0.11" (accelerator wheels must match it).

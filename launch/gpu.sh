@@ -34,6 +34,7 @@ Flags:
   --output_dir=DIR        bind OUTPUT_DIR (checkpoints, TensorBoard in DIR/tb); default: the gin file's
   --mem_fraction=F        XLA_PYTHON_CLIENT_MEM_FRACTION (default 0.9: room for the env worker processes)
   --python=EXE            Python interpreter (default python)
+  --entry=train|sft       the entry point: train (RL, default) or sft (python -m agentrl_jax.sft)
   --dry_run               print the exact commands and exit
   -h, --help              this text
 EOF

@@ -37,6 +37,7 @@ Flags:
                           agentrl_jax.distributed.initialize); logs of process i in outputs/logs/local/process_i.log
   --port=PORT             coordinator port for --processes > 1 (default $PORT)
   --python=EXE            Python interpreter (default python)
+  --entry=train|sft       the entry point: train (RL, default) or sft (python -m agentrl_jax.sft)
   --dry_run               print the exact commands and exit
   -h, --help              this text
 EOF

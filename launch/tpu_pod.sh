@@ -78,6 +78,7 @@ Run:
   --init_timeout=S         AGENTRL_INIT_TIMEOUT, seconds all hosts get to join (default $INIT_TIMEOUT)
   --run_name=NAME          log file name (default: the experiment name and a UTC timestamp)
   --detach                 start the job under nohup (it survives this terminal) and follow worker 0's log
+  --entry=train|sft        the entry point: train (RL, default) or sft (python -m agentrl_jax.sft)
   --dry_run                print the exact commands, call nothing (no cloud account needed)
   -h, --help               this text
 EOF

@@ -112,6 +112,20 @@ def test_local_dry_run_is_the_readme_main_job(gcloud_trap, tmp_path):
     assert old.returncode == 0 and train_argv(commands(old.stdout)[-1]) == [f"--gin_file={TINY_GIN}"]
 
 
+@pytest.mark.parametrize("script,args", [
+    ("local.sh", []), ("gpu.sh", []), ("tpu_pod.sh", ["--tpu_name=p"])])
+def test_entry_sft_runs_the_sft_entry_point(script, args, gcloud_trap):
+    """--entry=sft runs `python -m agentrl_jax.sft` with the same gin arguments (an SFT stage of the study on
+    the same hosts); the default stays train."""
+    env, _ = gcloud_trap
+    gin = "--gin_file=gin/experiments/sokoban_smollm2_sft.gin"
+    r = launch(script, "--dry_run", "--entry=sft", *args, gin, env=env)
+    assert r.returncode == 0, r.stderr
+    words = [w for c in commands(r.stdout) for w in (remote(c) if any(x.startswith("--command=") for x in c) else c)]
+    i = words.index("agentrl_jax.sft")
+    assert words[i - 1] == "-m" and words[i + 1] == gin and "agentrl_jax.train" not in words
+
+
 def test_local_multi_process_dry_run_sets_distributed_env(gcloud_trap):
     env, _ = gcloud_trap
     r = launch("local.sh", "--dry_run", "--processes=2", "--num_cpu_devices=4", "--port=23456",
@@ -250,6 +264,7 @@ def test_tpu_pod_refuses_a_partial_pod(worker, missing, gcloud_trap):
     ("local.sh", ["--processes=0"], "--processes must be an integer >= 1"),
     ("local.sh", ["--gin_bindings"], "--gin_bindings=VALUE"),
     ("local.sh", ["--num_steps=3"], "unknown flag '--num_steps'"),
+    ("tpu_pod.sh", ["--tpu_name=p", "--gin_file=" + TINY_GIN, "--entry=study"], "use train (RL, the default) or sft"),
 ])
 def test_bad_flags_fail_with_the_fix(script, args, fix, gcloud_trap):
     env, _ = gcloud_trap
