@@ -38,6 +38,9 @@ def trace_count() -> int:
     return _TRACES["generate_fn"]
 
 
+SAMPLERS = ("gumbel", "inverse_cdf")
+
+
 @gin.configurable
 @dataclasses.dataclass(frozen=True)
 class GenerationConfig:
@@ -46,6 +49,10 @@ class GenerationConfig:
     temperature: 0 = greedy (logprobs are then those of the temperature-1 distribution).
     top_k: keep the k most likely tokens (0 = off). top_p: nucleus mass to keep (1.0 = off).
     stop_ids: any of these ends a row (the stop token is kept in the output). pad_id: fills after stop.
+    sampler: how a temperature > 0 token is drawn, both exactly from the filtered softmax: 'gumbel'
+    (`jax.random.categorical`: V Gumbel numbers per row and step) or 'inverse_cdf' (`sample_categorical`: one
+    uniform per row; ~40x cheaper on a CPU at [64, 49152], see there). They draw different streams from the
+    same key, so switching changes which episodes a seed plays.
     """
 
     max_new_tokens: int = 64
@@ -54,6 +61,7 @@ class GenerationConfig:
     top_k: int = 0
     stop_ids: Tuple[int, ...] = ()
     pad_id: int = 0
+    sampler: str = "gumbel"
 
     def __post_init__(self):
         if int(self.max_new_tokens) < 1:
@@ -64,6 +72,8 @@ class GenerationConfig:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
         if self.top_k < 0:
             raise ValueError(f"top_k must be >= 0 (0 = off), got {self.top_k}")
+        if self.sampler not in SAMPLERS:
+            raise ValueError(f"GenerationConfig.sampler = {self.sampler!r}; use one of {SAMPLERS}")
         stop = (self.stop_ids,) if isinstance(self.stop_ids, (int, np.integer)) else self.stop_ids
         object.__setattr__(self, "stop_ids", tuple(int(s) for s in stop))
         object.__setattr__(self, "max_new_tokens", int(self.max_new_tokens))
@@ -110,12 +120,46 @@ def sample_token(logits: jax.Array, key: jax.Array, config: GenerationConfig) ->
     """Pick a token per row from logits [B, V]; returns (token int32 [B], its logprob float32 [B])."""
     x = filter_logits(logits, config.temperature, config.top_k, config.top_p)
     if config.temperature == 0:
-        tok = jnp.argmax(x, axis=-1)
+        tok = first_max_index(x, jnp.max(x, axis=-1, keepdims=True))
+    elif config.sampler == "inverse_cdf":
+        tok = sample_categorical(key, x, jnp.max(x, axis=-1, keepdims=True))
     else:
         tok = jax.random.categorical(key, x, axis=-1)
     logp = jax.nn.log_softmax(x, axis=-1)
     lp = jnp.take_along_axis(logp, tok[:, None], axis=-1)[:, 0]
     return tok.astype(jnp.int32), lp
+
+
+def first_max_index(x: jax.Array, top: jax.Array) -> jax.Array:
+    """`jnp.argmax(x, -1)` (the first index of the row's maximum `top`) as a compare and a min-reduction: XLA:CPU
+    runs argmax's (value, index) reduction as a scalar loop, 5x slower at [64, 32000]."""
+    return jnp.min(jnp.where(x == top, jnp.arange(x.shape[-1], dtype=jnp.int32), x.shape[-1]), axis=-1)
+
+
+_SAMPLE_BLOCK = 128
+
+
+def sample_categorical(key: jax.Array, x: jax.Array, top: jax.Array) -> jax.Array:
+    """One token per row from softmax(x) [B, V] (`top` = the row max), by inverse CDF with one uniform per row.
+
+    The same distribution as `jax.random.categorical` (Gumbel-max), which draws V Gumbel numbers per row: at
+    [64, 49152] on a CPU core that took ~120 ms per decode step, this ~3 ms. Two levels: the uniform picks a block
+    of 128 tokens by the blocks' cumulative mass, then a token inside it. A zero-probability token (filtered
+    to -inf) is never picked: its cumulative mass equals its predecessor's.
+    """
+    b, v = x.shape
+    p = jnp.exp(x - top)
+    p = jnp.pad(p, ((0, 0), (0, (-v) % _SAMPLE_BLOCK))).reshape(b, -1, _SAMPLE_BLOCK)
+    block = jnp.sum(p, axis=-1)  # [B, blocks]
+    upto = jnp.cumsum(block, axis=-1)
+    u = jax.random.uniform(key, (b, 1), jnp.float32) * upto[:, -1:]
+    bi = jnp.minimum(jnp.sum(upto <= u, axis=-1), upto.shape[-1] - 1)  # the block where the mass passes u
+    before = jnp.take_along_axis(upto - block, bi[:, None], axis=-1)
+    in_block = jnp.take_along_axis(p, bi[:, None, None], axis=1)[:, 0]  # [B, 128]
+    j = jnp.sum(jnp.cumsum(in_block, axis=-1) <= u - before, axis=-1)
+    # Rounding can leave u at or past the block's last mass: then its last token with mass.
+    last = _SAMPLE_BLOCK - 1 - first_max_index(in_block[:, ::-1] > 0, jnp.ones((b, 1), bool))
+    return bi * _SAMPLE_BLOCK + jnp.minimum(j, last)
 
 
 def _last_real(hidden: jax.Array, mask: jax.Array) -> jax.Array:

@@ -12,7 +12,8 @@ from flax import nnx
 from agentrl_jax import generate as gen
 from agentrl_jax import xla_cpu
 from agentrl_jax.generate import (GenerationConfig, bucket_length, continue_generation, filter_logits, generate,
-                                  generate_fn, pad_batch, prefill_compiler_options, trace_count, unpad)
+                                  generate_fn, pad_batch, prefill_compiler_options, sample_token, trace_count,
+                                  unpad)
 from agentrl_jax.models import ModelConfig, random_model
 
 V = 96
@@ -102,6 +103,31 @@ def test_filter_logits_top_k_top_p_temperature():
     np.testing.assert_allclose(filter_logits(logits, 0.5), logits * 2, rtol=1e-6)
     probs = jax.nn.softmax(filter_logits(logits, 1.0, top_p=0.6))
     np.testing.assert_allclose(probs[0, :2], [0.5 / 0.7, 0.2 / 0.7], rtol=1e-5)
+
+
+def test_sampling_draws_the_softmax_distribution_and_never_a_filtered_token():
+    """The inverse-CDF sampler (`GenerationConfig.sampler = 'inverse_cdf'`) draws softmax(x) (frequencies within 4 sigma of the probabilities over 200k
+    draws), never a token filtered to -inf, also in a vocabulary that is not a multiple of its 128-token blocks
+    with mass in the last, partial block; its logprobs are log_softmax's; greedy is argmax's first maximum."""
+    v = 300
+    probs = np.zeros(v)
+    probs[[0, 5, 127, 128, 200, 299]] = [0.3, 0.05, 0.15, 0.2, 0.1999, 0.1]
+    probs[260] = 1e-4  # a rare token in the partial block
+    x = jnp.asarray(np.log(np.where(probs > 0, probs, 1.0)), jnp.float32)
+    x = jnp.where(jnp.asarray(probs) > 0, x, -jnp.inf)[None]
+    cfg = GenerationConfig(max_new_tokens=1, temperature=1.0, sampler="inverse_cdf")
+    n = 200_000
+    toks, lps = jax.jit(jax.vmap(lambda k: sample_token(x, k, cfg)))(jax.random.split(jax.random.key(0), n))
+    freq = np.bincount(np.asarray(toks[:, 0]), minlength=v) / n
+    assert set(np.flatnonzero(freq)) <= set(np.flatnonzero(probs))
+    np.testing.assert_allclose(freq, probs, atol=4 * np.sqrt(0.25 / n))
+    want = np.asarray(jax.nn.log_softmax(x))[0]
+    np.testing.assert_allclose(np.asarray(lps[:, 0]), want[np.asarray(toks[:, 0])], rtol=1e-5, atol=1e-5)
+    y = jnp.asarray(np.random.default_rng(0).standard_normal((6, 257)), jnp.float32).at[2, 9].set(9).at[2, 40].set(9)
+    greedy, _ = sample_token(y, jax.random.key(0), GenerationConfig(max_new_tokens=1, temperature=0.0))
+    np.testing.assert_array_equal(greedy, np.argmax(np.asarray(y), -1))  # ties: the first maximum, as argmax
+    with pytest.raises(ValueError, match="use one of"):
+        GenerationConfig(sampler="fast")
 
 
 def test_stop_ids_end_rows_and_the_loop_exits_early(model, greedy_run):
