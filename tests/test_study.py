@@ -271,7 +271,7 @@ def _spec(tmp_path):
 @pytest.fixture(autouse=True)
 def _fake_env(tmp_path, monkeypatch):
     monkeypatch.setenv("OUT", str(tmp_path / "out"))
-    for name in ("NO_OUTPUT", "SHORT", "TERM_RUNNER"):
+    for name in ("KILL_FIRST", "FAIL", "NO_OUTPUT", "SHORT", "TERM_RUNNER"):
         monkeypatch.setenv(name, "")
 
 
@@ -279,11 +279,18 @@ def _calls(path):
     return [line.split("--gin_file=")[1].split()[0] for line in open(path)] if os.path.exists(path) else []
 
 
-def test_a_finished_stage_is_skipped_and_a_killed_one_is_rerun(tmp_path, monkeypatch):
+def _fake_stages(monkeypatch, tmp_path, **behaviour) -> str:
+    """Set how the fake stages behave (KILL_FIRST, FAIL, NO_OUTPUT, SHORT, TERM_RUNNER: the stage names each
+    applies to; `_fake_env` makes them none); returns the file the stages append their names to."""
     calls = str(tmp_path / "calls")
     monkeypatch.setenv("CALLS", calls)
-    monkeypatch.setenv("KILL_FIRST", "b")
-    monkeypatch.setenv("FAIL", "")
+    for name, value in behaviour.items():
+        monkeypatch.setenv(name, value)
+    return calls
+
+
+def test_a_finished_stage_is_skipped_and_a_killed_one_is_rerun(tmp_path, monkeypatch):
+    calls = _fake_stages(monkeypatch, tmp_path, KILL_FIRST="b")
     py, spec, seen = _fake_python(tmp_path), _spec(tmp_path), []
     first = S.run_study(spec, python=py, echo=seen.append)
     # rl1 was killed: no marker, the run stops there (rl2, eval1 not started).
@@ -306,10 +313,7 @@ def test_a_finished_stage_is_skipped_and_a_killed_one_is_rerun(tmp_path, monkeyp
 
 
 def test_keep_going_runs_what_does_not_depend_on_a_failure(tmp_path, monkeypatch):
-    calls = str(tmp_path / "calls")
-    monkeypatch.setenv("CALLS", calls)
-    monkeypatch.setenv("KILL_FIRST", "")
-    monkeypatch.setenv("FAIL", "b")
+    calls = _fake_stages(monkeypatch, tmp_path, FAIL="b")
     spec = _spec(tmp_path)
     status = S.run_study(spec, python=_fake_python(tmp_path), keep_going=True, echo=lambda s: None)
     assert status == {"done": [], "ran": ["v1", "rl2"], "failed": ["rl1"], "blocked": ["eval1"], "stopped": []}
@@ -318,10 +322,7 @@ def test_keep_going_runs_what_does_not_depend_on_a_failure(tmp_path, monkeypatch
 
 
 def test_a_stage_that_exits_0_without_its_output_is_not_done(tmp_path, monkeypatch):
-    monkeypatch.setenv("CALLS", str(tmp_path / "calls"))
-    monkeypatch.setenv("KILL_FIRST", "")
-    monkeypatch.setenv("FAIL", "")
-    monkeypatch.setenv("NO_OUTPUT", "a")
+    _fake_stages(monkeypatch, tmp_path, NO_OUTPUT="a")
     spec, seen = _spec(tmp_path), []
     status = S.run_study(spec, python=_fake_python(tmp_path), echo=seen.append)
     assert status["failed"] == ["v1"] and not S.is_done(spec["output_dir"], spec["stages"][0])
@@ -329,10 +330,7 @@ def test_a_stage_that_exits_0_without_its_output_is_not_done(tmp_path, monkeypat
 
 
 def test_a_run_that_exits_0_short_of_its_num_steps_is_not_done(tmp_path, monkeypatch):
-    monkeypatch.setenv("CALLS", str(tmp_path / "calls"))
-    monkeypatch.setenv("KILL_FIRST", "")
-    monkeypatch.setenv("FAIL", "")
-    monkeypatch.setenv("SHORT", "b")
+    _fake_stages(monkeypatch, tmp_path, SHORT="b")
     spec, seen = _spec(tmp_path), []
     status = S.run_study(spec, python=_fake_python(tmp_path), echo=seen.append)
     assert status["ran"] == ["v1"] and status["failed"] == ["rl1"]
@@ -343,11 +341,7 @@ def test_a_run_that_exits_0_short_of_its_num_steps_is_not_done(tmp_path, monkeyp
 def test_a_sigterm_to_the_runner_stops_it_after_the_stage_without_a_marker(tmp_path, monkeypatch):
     """A preemption: the runner passes SIGTERM on, the stage saves and exits 75, the runner writes no marker and
     starts nothing else; the next call resumes that stage."""
-    calls = str(tmp_path / "calls")
-    monkeypatch.setenv("CALLS", calls)
-    monkeypatch.setenv("KILL_FIRST", "")
-    monkeypatch.setenv("FAIL", "")
-    monkeypatch.setenv("TERM_RUNNER", "b")
+    calls = _fake_stages(monkeypatch, tmp_path, TERM_RUNNER="b")
     py, spec, seen = _fake_python(tmp_path), _spec(tmp_path), []
     first = S.run_study(spec, python=py, keep_going=True, echo=seen.append)  # even with keep_going
     assert first == {"done": [], "ran": ["v1"], "failed": [], "blocked": [], "stopped": ["rl1"]}
