@@ -75,8 +75,9 @@ def read_meta(path: str) -> Dict:
 def mix(sources: Mapping[str, Sequence[Dict]], ratios: Mapping[str, float], total: int,
         rng: np.random.Generator) -> List[Dict]:
     """`total` state-action pairs drawn from `sources` in proportion to `ratios` (counted in pairs; largest
-    remainder rounding, so the counts sum to `total`). A source with fewer pairs than its share is sampled
-    with repetition; each source's order is shuffled by `rng`."""
+    remainder rounding, so the counts sum to `total`). A source with fewer pairs than its share is repeated in
+    whole shuffled passes plus a random part of one more, so every pair is seen as often as any other, +-1
+    (drawing with replacement would leave some out); each source's order is shuffled by `rng`."""
     unknown = set(ratios) - set(sources)
     if unknown:
         raise ValueError(f"sft.mix names {sorted(unknown)} with no data; sft.data has {sorted(sources)}.")
@@ -92,7 +93,8 @@ def mix(sources: Mapping[str, Sequence[Dict]], ratios: Mapping[str, float], tota
         pool = list(sources[n])
         if not pool:
             raise ValueError(f"SFT source {n!r} has no records.")
-        idx = rng.permutation(len(pool)) if c <= len(pool) else rng.integers(len(pool), size=c)
+        passes = -(-c // len(pool))
+        idx = np.concatenate([rng.permutation(len(pool)) for _ in range(passes)])
         out.extend(pool[i] for i in idx[:c])
     order = rng.permutation(len(out))
     return [out[i] for i in order]

@@ -44,6 +44,13 @@ def test_mix_holds_the_ratio_in_pairs():
     out = sft_data.mix(sources, {"sciworld": 19, "alfworld": 3, "webshop": 1}, 230, np.random.default_rng(0))
     counts = {d: sum(r["domain"] == d for r in out) for d in sources}
     assert counts == {"sciworld": 190, "alfworld": 30, "webshop": 10}
+    # A short source is repeated in whole passes: each of ALFWorld's 5 pairs 6 times, WebShop's 2 pairs 5 times;
+    # one longer than its share gives distinct pairs.
+    for d, n, times in (("alfworld", 5, 6), ("webshop", 2, 5)):
+        seen = [tuple(r["prompt_ids"]) for r in out if r["domain"] == d]
+        assert len(set(seen)) == n and all(seen.count(k) == times for k in set(seen))
+    sci = [tuple(r["prompt_ids"]) for r in out if r["domain"] == "sciworld"]
+    assert len(set(sci)) == 50 and max(sci.count(k) for k in set(sci)) - min(sci.count(k) for k in set(sci)) <= 1
 
 
 def test_the_sft_log_counts_the_mix_by_source_name_and_domain():
