@@ -133,6 +133,7 @@ def sokoban_device_rollout(graphdef, params, env: sk.Sokoban, prompter: SokobanP
     )
     done0 = states.done
     buckets = device_batch_buckets(e)
+    window = generation_window(p, prompter.worst_case_prompt_tokens())
 
     def cond(carry):
         t, _, _, _, done, _, _ = carry
@@ -149,8 +150,10 @@ def sokoban_device_rollout(graphdef, params, env: sk.Sokoban, prompter: SokobanP
             plain = functools.partial(prompter.device_prompt, augment=False)
             ids, mask, total = jax.vmap(plain, in_axes=(0, 0, 0, None))(state, prev_state, prev_action, t)
         mask = mask * active[:, None].astype(jnp.int32)  # finished rows generate nothing
-        res = _bucketed_generate(graphdef, params, ids, mask, active, jax.random.fold_in(key, t), config,
-                                 buckets, p + n)
+        # Generation reads only the buffer's last `window` slots: prompts are right-aligned and none can be
+        # longer than the prompter's worst case, so the slots before it are padding in every row.
+        res = _bucketed_generate(graphdef, params, ids[:, -window:], mask[:, -window:], active,
+                                 jax.random.fold_in(key, t), config, buckets, window + n)
         action = jax.vmap(prompter.parse_response)(res.tokens, res.lengths, res.stopped)
         bad = active & (action < 0)
         new_state, ts = jax.vmap(env.step)(state, jnp.where(action < 0, 0, action))
@@ -177,6 +180,14 @@ def sokoban_device_rollout(graphdef, params, env: sk.Sokoban, prompter: SokobanP
     stats = EpisodeStats(episode_return=ret, success=final.success, length=length, truncated=~final.success,
                          lost=jnp.zeros((e,), bool), augmented=coin)  # the JAX env has no worker to lose
     return batch, stats
+
+
+def generation_window(buffer: int, worst_case: int, multiple: int = 8) -> int:
+    """Prompt slots the on-device episode prefills each turn: the static buffer, cut to the longest prompt the
+    prompter can make (rounded up to `multiple`). The buffer is often far larger than any prompt (the study's
+    Sokoban: 4096 slots, ~1,400 at most with SmolLM2's tokenizer), and every slot costs prefill and decode
+    attention."""
+    return int(min(buffer, -(-int(worst_case) // multiple) * multiple))
 
 
 @gin.configurable(module="rollout")

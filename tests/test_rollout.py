@@ -17,7 +17,7 @@ from agentrl_jax.chat import ChatFormat
 from agentrl_jax.models.decoder import init_cache
 from agentrl_jax.models.tiny import ensure_tiny_folder
 from agentrl_jax.policy import load_policy
-from agentrl_jax.rollout import SokobanHostTask, host_rollout, sokoban_device_rollout
+from agentrl_jax.rollout import SokobanHostTask, generation_window, host_rollout, sokoban_device_rollout
 from agentrl_jax.sokoban_prompt import SokobanPrompter
 from helpers.fixed_answer import fixed_answer_policy
 
@@ -142,6 +142,11 @@ def test_device_rollout_matches_host_rollout_and_masks(tokenizer, policy):
     np.testing.assert_allclose(dev_batch.reward, host_batch.reward, atol=1e-6)
     np.testing.assert_allclose(dev_batch.logprobs, host_batch.logprobs, atol=1e-4)
     np.testing.assert_array_equal(dev_stats.success, host_stats.success)
+    # The device program generated from the buffer's last `window` slots only (the prompter's worst case, here
+    # under the 256-slot buffer): every slot before them is padding in every recorded prompt.
+    window = generation_window(pr.max_prompt_tokens, pr.worst_case_prompt_tokens())
+    assert window < pr.max_prompt_tokens
+    assert not np.asarray(dev_batch.prompt_mask)[..., :-window].any()
     # JAX Sokoban has no worker to lose: no episode is lost on either path.
     assert not np.asarray(dev_stats.lost).any() and not host_stats.lost.any()
     # The loss mask covers exactly the generated tokens: a prefix of each row, pad after it.
