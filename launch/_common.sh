@@ -10,7 +10,7 @@ SCRIPT=${SCRIPT:-$0}
 DRY_RUN=0
 ENTRY=train        # --entry: the entry point every worker runs, python -m agentrl_jax.$ENTRY
 GIN_ARGS=()        # --gin_file=... / --gin_bindings=... / --gin_search_paths=..., in the order given
-EXTRA_TRAIN_ARGS=() # everything after a bare `--`, passed to `python -m agentrl_jax.train` verbatim
+EXTRA_TRAIN_ARGS=() # everything after a bare `--`, passed to `python -m agentrl_jax.$ENTRY` verbatim
 
 die() {
   echo "error: $*" >&2
