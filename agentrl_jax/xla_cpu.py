@@ -9,7 +9,7 @@ core, about even on its two cores), so decode can measure it (`dot_options('auto
 from __future__ import annotations
 
 import functools
-from typing import Tuple
+from typing import Optional, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -34,6 +34,36 @@ def accepts(options: Options) -> bool:
         return True
     except Exception:  # noqa: BLE001 - XLA reports an unknown option as a generic runtime error
         return False
+
+
+# ISA extensions that change which matmul kernels win on a CPU (and torch's): printed with every benchmark.
+KERNEL_FLAGS = ("avx512f", "avx512_bf16", "amx_bf16", "amx_int8")
+
+
+def host_cpu(cpuinfo: Optional[str] = None) -> str:
+    """This host's CPU as the benchmarks print it, e.g. "Intel(R) Xeon(R) Processor (family 6 model 167); 2 cores
+    for this process; avx512f avx512_bf16 amx_bf16 amx_int8". Kernel speeds and every peer ratio differ between
+    CPU types (Eigen vs YNNPACK, torch's MKL), so a benchmark row means little without it. `cpuinfo`: the text
+    of /proc/cpuinfo (read here on Linux); elsewhere only `platform.processor()` is known."""
+    import os
+    import platform
+
+    if cpuinfo is None and os.path.exists("/proc/cpuinfo"):
+        with open("/proc/cpuinfo") as f:
+            cpuinfo = f.read()
+    fields = {}
+    for line in (cpuinfo or "").splitlines():
+        key, sep, value = line.partition(":")
+        if sep and key.strip() not in fields:  # the first processor's entry
+            fields[key.strip()] = value.strip()
+    name = fields.get("model name") or platform.processor() or platform.machine() or "unknown CPU"
+    if "cpu family" in fields and "model" in fields:
+        name += f" (family {fields['cpu family']} model {fields['model']})"
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    flags = set(fields.get("flags", "").split())
+    found = [f for f in KERNEL_FLAGS if f in flags]
+    isa = " ".join(found) if found else ("no AVX-512 or AMX" if flags else "ISA flags unknown")
+    return f"{name}; {cores} cores for this process; {isa}"
 
 
 KERNELS = ("auto", "default", "eigen")

@@ -56,6 +56,8 @@ import numpy as np
 
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 sys.path.insert(0, REPO)
+from agentrl_jax.xla_cpu import host_cpu  # noqa: E402
+
 _RESULT = "RESULT "  # prefix of the one line a child process answers with
 
 
@@ -338,6 +340,7 @@ def main(argv=None):
               f"{info['transformers']}; {os.cpu_count()} CPUs, each side pinned to "
               f"{'all' if args.cpus is None else args.cpus}; load {os.getloadavg()[0]:.1f}; each side in a fresh process, interleaved, "
               f"{args.repeats} repeat(s)", flush=True)
+        print(f"cpu: {host_cpu()}", flush=True)
         for b in args.batch_list:
             runs = []
             for r in range(args.repeats):

@@ -468,6 +468,8 @@ def main(argv=None):
         sys.path.append(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     import jax
 
+    from agentrl_jax.xla_cpu import host_cpu
+
     dev = jax.devices()[0]
     device_kind = f"{dev.platform}:{dev.device_kind} x{jax.device_count()}"
     overrides = model_overrides(args.model_config)
@@ -491,7 +493,8 @@ def main(argv=None):
         header = (f"rl_iteration benchmark | device: {device_kind} | model: {model} | "
                   f"Sokoban {tr.domain.env.dim}x{tr.domain.env.dim} max_steps={tr.domain.env.max_steps} | "
                   f"max_new_tokens={tr.gen_config.max_new_tokens} temperature={tr.gen_config.temperature} | "
-                  f"prompt buffer {tr.max_prompt_tokens} | {cfg.algorithm} {tr.tasks_per_step}x{tr.group_size}")
+                  f"prompt buffer {tr.max_prompt_tokens} | {cfg.algorithm} {tr.tasks_per_step}x{tr.group_size}"
+                  f"\ncpu: {host_cpu()}")
         rows = []
         if "device_vs_host" in args.sections:
             rows += device_vs_host(tr, args.batches, args.repeats, args.seed, device_kind, model, peer_model)

@@ -43,6 +43,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import envs.sokoban as sk  # noqa: E402
+from agentrl_jax.xla_cpu import host_cpu  # noqa: E402
 
 LONG_EPISODES = 10**6  # no truncation inside a rollout: both sides step the whole scan
 # Jumanji's actions are [up, right, down, left]; ours are [up, down, left, right].
@@ -307,6 +308,7 @@ def main(argv=None):
         note = "; ".join(f"{v}" for k, v in info.items() if k in ("reward", "read", "compare", "note"))
         print(f"{impl:<22} {batch:>6} {rate:>16} {ratio:>9}  {note}", flush=True)
 
+    print(f"cpu: {host_cpu()}")
     print(f"devices: {jax.devices()}  steps per rollout: {args.steps}  rounds: {args.rounds}  "
           f"load: {os.getloadavg()}")
     print(f"{'impl':<22} {'batch':>6} {'steps/s':>16} {'vs jumanji':>9}  reward; observation read; compare")

@@ -366,6 +366,9 @@ def print_step_table(a, rows) -> None:
     print(f"\nconfig: vocab={a.vocab} hidden={a.hidden} inter={a.intermediate} layers={a.layers} heads={a.heads}/"
           f"{a.kv_heads} seq={a.seq} batch={a.batch} accum={a.accum} dtype={a.dtype} remat={a.remat} "
           f"mesh={rows[0]['mesh']}")
+    from agentrl_jax.xla_cpu import host_cpu
+
+    print(f"cpu: {host_cpu()}")
     print(f"peak: {peak / 1e12:.3f} TFLOP/s ({rows[0]['peak_source']}); jax compile {rows[0]['compile_s']:.1f}s")
     if len(rows) > 1:
         print(f"peer: same device and dtype ({rows[1]['device']}, {rows[1]['dtype']}), each side in a fresh "
