@@ -27,7 +27,7 @@ import numpy as np
 from flax import nnx, struct
 
 from agentrl_jax import xla_cpu
-from agentrl_jax.models.decoder import CausalLM, KVCache, compute_params_jit, init_cache, needs_cast
+from agentrl_jax.models.decoder import CausalLM, KVCache, compute_params_jit, init_cache, needs_cast, pad_mlp_width
 
 _TRACES = {"generate_fn": 0}
 
@@ -380,6 +380,8 @@ def generation_split(model) -> Tuple[object, object]:
     cfg = getattr(model, "cfg", None)
     if cfg is not None and needs_cast(state, cfg.dtype):
         state = compute_params_jit(state, dtype=jnp.dtype(cfg.dtype).name)
+    if xla_cpu.generation_mlp_padding():
+        state = pad_mlp_width(state)
     _SPLITS[model] = _Split(graphdef, state, variables, raws)
     return graphdef, state
 

@@ -17,7 +17,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 from agentrl_jax.models import CausalLM, ValueHead, load_pretrained
-from agentrl_jax.models.decoder import compute_params, needs_cast
+from agentrl_jax import xla_cpu
+from agentrl_jax.models.decoder import compute_params, needs_cast, pad_mlp_width
 from agentrl_jax.models import lora
 from agentrl_jax.models.lora import add_adapters, lora_config
 from agentrl_jax.models.tiny import ensure_tiny_folder
@@ -93,6 +94,11 @@ def restore_checkpoint_params(checkpointer, step: int, params, shardings):
     return lora.join(base, restored)
 
 
+def _padding_changes_shapes(params) -> bool:
+    padded = jax.eval_shape(pad_mlp_width, params)
+    return any(a.shape != b.shape for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(padded)))
+
+
 def rollout_params_fn(dtype, shardings=None) -> Callable:
     """params -> the copy rollouts read: every floating leaf in the compute `dtype` (`load_policy.dtype`).
 
@@ -100,12 +106,17 @@ def rollout_params_fn(dtype, shardings=None) -> Callable:
     generation: with fp32 master weights (`load_policy.param_dtype = 'float32'`) and bf16 compute, the decode
     loop then reads bf16 weights and holds no weight casts (otherwise every step converts every weight).
     The optimizer and the update keep the fp32 params. One jitted cast onto `shardings` (None: where XLA puts
-    it); params already in `dtype` are returned as they are, without a copy.
+    it); params already in `dtype` are returned as they are, without a copy. On CPU the copy also has its
+    power-of-two MLP widths padded with zero units (`decoder.pad_mlp_width`, `xla_cpu.generation_mlp_padding`).
     """
     name = jnp.dtype(dtype).name
+    pad = xla_cpu.generation_mlp_padding()  # on CPU: power-of-two MLP widths padded (`decoder.pad_mlp_width`)
     cast = jax.jit(functools.partial(compute_params, dtype=name), out_shardings=shardings)
+    cast_and_pad = jax.jit(lambda p: pad_mlp_width(compute_params(p, name)), out_shardings=shardings)
 
     def to_compute(params):
+        if pad and _padding_changes_shapes(params):
+            return cast_and_pad(params)
         return cast(params) if needs_cast(params, name) else params
 
     return to_compute

@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 from typing import Optional, Tuple
 
+import gin
 import jax
 import jax.numpy as jnp
 
@@ -34,6 +35,14 @@ def accepts(options: Options) -> bool:
         return True
     except Exception:  # noqa: BLE001 - XLA reports an unknown option as a generic runtime error
         return False
+
+
+@gin.configurable(module="xla_cpu")
+def generation_mlp_padding(enabled: bool = True) -> bool:
+    """Whether the weights generation reads get power-of-two MLP widths padded by a few zero units
+    (`models.decoder.pad_mlp_width`): on the CPU backend only, where Eigen's GEMM is slow for a [K, 2^n] operand
+    (same outputs, one padded copy per update; the trained params keep their shapes)."""
+    return bool(enabled) and jax.default_backend() == "cpu"
 
 
 # ISA extensions that change which matmul kernels win on a CPU (and torch's): printed with every benchmark.

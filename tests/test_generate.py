@@ -499,3 +499,39 @@ def test_cache_made_inside_the_prefill_equals_a_passed_one(model):
     assert inside.cache.max_length == 24
     with pytest.raises(ValueError, match="cache_length >= 21"):
         generate(model, ids, mask, key=jax.random.key(1), config=cfg, cache_length=20)
+
+
+def test_power_of_two_mlp_width_is_padded_for_generation_with_the_same_outputs():
+    """On CPU the weights generation reads get a 1,024-wide MLP grown to 1,040 zero-padded units
+    (`decoder.pad_mlp_width`: Eigen's GEMM aliases on a [K, 2^n] operand); tokens and logprobs stay those of the
+    unpadded weights, the trained params keep their shapes, and the rollout copy is padded the same way."""
+    from agentrl_jax.models.decoder import MLP_PAD, pad_mlp_width
+    from agentrl_jax.policy import rollout_params_fn
+
+    cfg = ModelConfig(vocab_size=V, hidden_size=32, intermediate_size=1024, num_layers=2, num_heads=4, num_kv_heads=2)
+    wide = random_model(cfg, seed=1, std=0.2, norm_std=0.2)
+    ids, mask = (jnp.asarray(a) for a in pad_batch(prompts(), length=16))
+    cfg_s = GenerationConfig(max_new_tokens=6, temperature=1.0)
+    key = jax.random.key(5)
+    graphdef, state = gen.generation_split(wide)
+    widths = {p[-3].key + "/" + p[-2].key: x.shape for p, x in jax.tree_util.tree_leaves_with_path(state)
+              if any(getattr(k, "key", None) == "mlp" for k in p)}
+    assert widths["gate_proj/kernel"] == (32, 1024 + MLP_PAD) and widths["down_proj/kernel"] == (1024 + MLP_PAD, 32)
+    assert wide.layers[0].mlp.gate_proj.kernel.shape == (32, 1024)  # the model itself is untouched
+    _, plain = nnx.split(wide)
+    padded_out = gen.generate_jit(graphdef, state, ids, mask, None, key, cfg_s, cache_length=32)
+    plain_out = gen.generate_jit(graphdef, plain, ids, mask, None, key, cfg_s, cache_length=32)
+    np.testing.assert_array_equal(np.asarray(padded_out.tokens), np.asarray(plain_out.tokens))
+    np.testing.assert_allclose(np.asarray(padded_out.logprobs), np.asarray(plain_out.logprobs), atol=1e-5)
+    # widths that are no power of two, or narrower than 1,024, are left as they are
+    assert jax.tree.leaves(pad_mlp_width(nnx.split(random_model(
+        dataclasses.replace(cfg, intermediate_size=1536)))[1]))[0].shape == (V, 32)
+    for x in jax.tree.leaves(pad_mlp_width(plain)):
+        assert 1024 + MLP_PAD in x.shape or 1024 not in x.shape
+    copy = rollout_params_fn("float32")(plain)
+    assert jax.tree.map(lambda a: a.shape, copy) == jax.tree.map(lambda a: a.shape, state)
+    gin.bind_parameter("xla_cpu.generation_mlp_padding.enabled", False)
+    try:
+        assert rollout_params_fn("float32")(plain) is plain
+    finally:
+        gin.clear_config()
