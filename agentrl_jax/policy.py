@@ -107,7 +107,8 @@ def rollout_params_fn(dtype, shardings=None) -> Callable:
     loop then reads bf16 weights and holds no weight casts (otherwise every step converts every weight).
     The optimizer and the update keep the fp32 params. One jitted cast onto `shardings` (None: where XLA puts
     it); params already in `dtype` are returned as they are, without a copy. On CPU the copy also has its
-    power-of-two MLP widths padded with zero units (`decoder.pad_mlp_width`, `xla_cpu.generation_mlp_padding`).
+    power-of-two MLP widths padded with zero units where that pays (`decoder.pad_mlp_width`,
+    `xla_cpu.generation_mlp_padding`).
     """
     name = jnp.dtype(dtype).name
     pad = xla_cpu.generation_mlp_padding()  # on CPU: power-of-two MLP widths padded (`decoder.pad_mlp_width`)

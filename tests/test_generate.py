@@ -502,9 +502,10 @@ def test_cache_made_inside_the_prefill_equals_a_passed_one(model):
 
 
 def test_power_of_two_mlp_width_is_padded_for_generation_with_the_same_outputs():
-    """On CPU the weights generation reads get a 1,024-wide MLP grown to 1,040 zero-padded units
-    (`decoder.pad_mlp_width`: Eigen's GEMM aliases on a [K, 2^n] operand); tokens and logprobs stay those of the
-    unpadded weights, the trained params keep their shapes, and the rollout copy is padded the same way."""
+    """With `xla_cpu.generation_mlp_padding.mode = 'on'` the weights generation reads get a 1,024-wide MLP grown to
+    1,040 zero-padded units (`decoder.pad_mlp_width`: Eigen's GEMM can alias on a [K, 2^n] operand); tokens and
+    logprobs stay those of the unpadded weights, the model keeps its shapes, the rollout copy is padded the same
+    way; 'off' leaves fp32 params as they are; 'auto' is a timed choice; a bad mode names the binding."""
     from agentrl_jax.models.decoder import MLP_PAD, pad_mlp_width
     from agentrl_jax.policy import rollout_params_fn
 
@@ -513,25 +514,29 @@ def test_power_of_two_mlp_width_is_padded_for_generation_with_the_same_outputs()
     ids, mask = (jnp.asarray(a) for a in pad_batch(prompts(), length=16))
     cfg_s = GenerationConfig(max_new_tokens=6, temperature=1.0)
     key = jax.random.key(5)
-    graphdef, state = gen.generation_split(wide)
+    _, plain = nnx.split(wide)
+    gin.bind_parameter("xla_cpu.generation_mlp_padding.mode", "on")
+    try:
+        graphdef, state = gen.generation_split(wide)
+        copy = rollout_params_fn("float32")(plain)
+        gin.bind_parameter("xla_cpu.generation_mlp_padding.mode", "off")
+        assert rollout_params_fn("float32")(plain) is plain
+        gin.bind_parameter("xla_cpu.generation_mlp_padding.mode", "sometimes")
+        with pytest.raises(ValueError, match="xla_cpu.generation_mlp_padding.mode"):
+            rollout_params_fn("float32")
+    finally:
+        gin.clear_config()
+        gen.generation_split.cache_clear()
+    assert xla_cpu.generation_mlp_padding() in (True, False)  # 'auto': timed on this host
     widths = {p[-3].key + "/" + p[-2].key: x.shape for p, x in jax.tree_util.tree_leaves_with_path(state)
               if any(getattr(k, "key", None) == "mlp" for k in p)}
     assert widths["gate_proj/kernel"] == (32, 1024 + MLP_PAD) and widths["down_proj/kernel"] == (1024 + MLP_PAD, 32)
     assert wide.layers[0].mlp.gate_proj.kernel.shape == (32, 1024)  # the model itself is untouched
-    _, plain = nnx.split(wide)
+    assert jax.tree.map(lambda a: a.shape, copy) == jax.tree.map(lambda a: a.shape, state)
     padded_out = gen.generate_jit(graphdef, state, ids, mask, None, key, cfg_s, cache_length=32)
     plain_out = gen.generate_jit(graphdef, plain, ids, mask, None, key, cfg_s, cache_length=32)
     np.testing.assert_array_equal(np.asarray(padded_out.tokens), np.asarray(plain_out.tokens))
     np.testing.assert_allclose(np.asarray(padded_out.logprobs), np.asarray(plain_out.logprobs), atol=1e-5)
     # widths that are no power of two, or narrower than 1,024, are left as they are
-    assert jax.tree.leaves(pad_mlp_width(nnx.split(random_model(
-        dataclasses.replace(cfg, intermediate_size=1536)))[1]))[0].shape == (V, 32)
-    for x in jax.tree.leaves(pad_mlp_width(plain)):
-        assert 1024 + MLP_PAD in x.shape or 1024 not in x.shape
-    copy = rollout_params_fn("float32")(plain)
-    assert jax.tree.map(lambda a: a.shape, copy) == jax.tree.map(lambda a: a.shape, state)
-    gin.bind_parameter("xla_cpu.generation_mlp_padding.enabled", False)
-    try:
-        assert rollout_params_fn("float32")(plain) is plain
-    finally:
-        gin.clear_config()
+    narrow = nnx.split(random_model(dataclasses.replace(cfg, intermediate_size=1536)))[1]
+    assert jax.tree.map(lambda a: a.shape, pad_mlp_width(narrow)) == jax.tree.map(lambda a: a.shape, narrow)
