@@ -115,8 +115,13 @@ def rollout_params_fn(dtype, shardings=None) -> Callable:
     cast = jax.jit(functools.partial(compute_params, dtype=name), out_shardings=shardings)
     cast_and_pad = jax.jit(lambda p: pad_mlp_width(compute_params(p, name)), out_shardings=shardings)
 
+    pads_structure = {}  # params tree structure -> whether padding changes a shape (fixed for a run's params)
+
     def to_compute(params):
-        if pad and _padding_changes_shapes(params):
+        structure = jax.tree.structure(params)
+        if pad and structure not in pads_structure:
+            pads_structure[structure] = _padding_changes_shapes(params)
+        if pad and pads_structure[structure]:
             return cast_and_pad(params)
         return cast(params) if needs_cast(params, name) else params
 

@@ -424,6 +424,7 @@ def pad_mlp_width(params, pad: int = MLP_PAD, min_width: int = 1024):
     benchmark's 2,048-wide model decode 15% and prefill 18% slower there. Meant for the copy generation reads
     (`generate.generation_split`, `policy.rollout_params_fn`), never for the trained params. Returned as it is
     when it holds a LoRA adapter (the adapter's output keeps the unpadded width)."""
+    # By path name, not `lora.has_adapters` (an NNX-State filter): callers also pass plain pytrees of arrays.
     leaves = jax.tree_util.tree_leaves_with_path(params)
     if any("lora" in _path_names(path) for path, _ in leaves):
         return params
