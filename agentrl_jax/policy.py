@@ -115,13 +115,15 @@ def rollout_params_fn(dtype, shardings=None) -> Callable:
     cast = jax.jit(functools.partial(compute_params, dtype=name), out_shardings=shardings)
     cast_and_pad = jax.jit(lambda p: pad_mlp_width(compute_params(p, name)), out_shardings=shardings)
 
-    pads_structure = {}  # params tree structure -> whether padding changes a shape (fixed for a run's params)
+    # (tree structure, leaf shapes) -> whether padding changes a shape: decided once for a run's params, and
+    # an already padded copy passed in again (evaluation does) is returned as it is, not padded and copied again
+    pads_layout = {}
 
     def to_compute(params):
-        structure = jax.tree.structure(params)
-        if pad and structure not in pads_structure:
-            pads_structure[structure] = _padding_changes_shapes(params)
-        if pad and pads_structure[structure]:
+        layout = (jax.tree.structure(params), tuple(x.shape for x in jax.tree.leaves(params)))
+        if pad and layout not in pads_layout:
+            pads_layout[layout] = _padding_changes_shapes(params)
+        if pad and pads_layout[layout]:
             return cast_and_pad(params)
         return cast(params) if needs_cast(params, name) else params
 

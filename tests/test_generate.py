@@ -518,7 +518,9 @@ def test_power_of_two_mlp_width_is_padded_for_generation_with_the_same_outputs()
     gin.bind_parameter("xla_cpu.generation_mlp_padding.mode", "on")
     try:
         graphdef, state = gen.generation_split(wide)
-        copy = rollout_params_fn("float32")(plain)
+        to_rollout = rollout_params_fn("float32")
+        copy = to_rollout(plain)
+        assert to_rollout(copy) is copy  # a padded copy passed again (evaluation does) is not padded or copied again
         gin.bind_parameter("xla_cpu.generation_mlp_padding.mode", "off")
         assert rollout_params_fn("float32")(plain) is plain
         gin.bind_parameter("xla_cpu.generation_mlp_padding.mode", "sometimes")
